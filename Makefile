@@ -1,0 +1,32 @@
+# The two commands: `make demo` and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch wheels: override e.g. TORCH_SPEC="torch torchvision" on other platforms.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.densessl-installed
+
+.PHONY: demo test bench install clean
+
+$(STAMP): setup.py pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) tools/demo.py --out demo_out
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --durations=15
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_scorer.py
+	$(PY) benchmarks/bench_propagation.py
+	$(PY) benchmarks/bench_correlation.py
+
+clean:
+	rm -rf $(VENV) demo_out runs
