@@ -18,7 +18,7 @@ $(STAMP): setup.py pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) tools/demo.py --out demo_out
+	$(PY) tools/demo.py --out demo_out --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --durations=15

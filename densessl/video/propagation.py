@@ -1,0 +1,335 @@
+"""Semi-supervised label propagation with frozen features (the DAVIS correspondence test).
+
+Given the first frame's mask, every later frame's labels are a weighted vote of its top-k most
+similar positions among a context of earlier frames: frame 0 (with the ground truth) and the
+most recent frames (with their own soft predictions). Two presets reproduce the published
+protocols (see ``PRESETS``):
+
+- ``crw`` (Jabri et al., contrastive random walk): frame 0 + 20 recent frames, recent frames
+  restricted to a Euclidean radius of 12 feature cells, top-10 jointly, softmax at τ = 0.05,
+  early frames padded with copies of frame 0, native resolution.
+- ``dino`` (Caron et al.): frame 0 + 7 recent, a square ±12 window on every context frame,
+  top-5 jointly with weights ``exp(cos / 0.1)``, short side 480 and long side floored to a
+  multiple of 64, per-channel min-max before the argmax.
+
+Work is organised for speed: features are computed once per frame in batches on the device;
+top-k neighbours depend only on features, so they are found for a batch of target frames at
+once; only the cheap label gathering runs frame by frame. Windowed frames never build the full
+affinity (see :mod:`densessl.video.local_affinity`); memory is bounded by the context length,
+not the sequence length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from densessl.video.local_affinity import WindowedTopK, dense_topk
+
+FrameReader = Callable[[int], np.ndarray]
+
+
+@dataclass(frozen=True)
+class PropagationConfig:
+    """Every knob of the propagation; ``PRESETS`` holds the published settings."""
+
+    num_recent: int = 20
+    """Recent frames in the context (besides frame 0)."""
+    window: Literal["euclidean", "square", "none"] = "euclidean"
+    """Neighbourhood restriction: ``dy²+dx² < r²``, ``|dy|,|dx| ≤ r``, or none."""
+    radius: float = 12.0
+    """Window radius in feature cells."""
+    window_first: bool = False
+    """Apply the window to frame 0 as well (DINO) or let frame 0 match anywhere (CRW)."""
+    pad_with_first: bool = True
+    """Fill the recent slots before the sequence start with copies of frame 0 (CRW)."""
+    topk: int = 10
+    temperature: float = 0.05
+    """Weights are ``softmax(cos / temperature)`` over the top-k."""
+    label_downsample: Literal["bilinear", "nearest"] = "bilinear"
+    """How frame 0's one-hot mask is brought to the feature size."""
+    minmax_normalise: bool = False
+    """Per-channel min-max of the upsampled soft labels before the argmax (DINO)."""
+    short_side: int | None = None
+    """Resize frames so the short side has this length (None: native resolution)."""
+    long_side_multiple: int = 1
+    """Floor the long side to a multiple of this after resizing (DINO: 64)."""
+    tile: int = 8
+    """Query block size of the windowed top-k (speed only)."""
+
+    def validate(self) -> None:
+        if self.num_recent < 0:
+            raise ValueError(f"num_recent must be >= 0, got {self.num_recent}")
+        if self.topk < 1:
+            raise ValueError(f"topk must be >= 1, got {self.topk}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.window not in ("euclidean", "square", "none"):
+            raise ValueError(f"window must be euclidean, square or none, got '{self.window}'")
+        if self.window != "none" and self.radius <= 0:
+            raise ValueError(f"radius must be > 0, got {self.radius}")
+        if self.label_downsample not in ("bilinear", "nearest"):
+            raise ValueError(f"label_downsample must be bilinear or nearest, got "
+                             f"'{self.label_downsample}'")
+
+
+PRESETS: dict[str, PropagationConfig] = {
+    "crw": PropagationConfig(),
+    "dino": PropagationConfig(
+        num_recent=7,
+        window="square",
+        radius=12,
+        window_first=True,
+        pad_with_first=False,
+        topk=5,
+        temperature=0.1,
+        label_downsample="nearest",
+        minmax_normalise=True,
+        short_side=480,
+        long_side_multiple=64,
+    ),
+}
+
+
+def make_config(protocol: str = "crw", **overrides) -> PropagationConfig:
+    """A preset with some fields replaced; unknown protocol or field names raise ``ValueError``."""
+    if protocol not in PRESETS:
+        raise ValueError(f"unknown protocol '{protocol}' (expected one of {sorted(PRESETS)})")
+    fields = {field.name for field in dataclasses.fields(PropagationConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown propagation settings {unknown} (valid: {sorted(fields)})")
+    config = dataclasses.replace(PRESETS[protocol], **overrides)
+    config.validate()
+    return config
+
+
+def processing_size(height: int, width: int, config: PropagationConfig) -> tuple[int, int]:
+    """The frame size the backbone sees: native, or DINO's short-side resize."""
+    if config.short_side is None:
+        return height, width
+    short = config.short_side
+    multiple = config.long_side_multiple
+    if height > width:
+        long = int((short * height / width) // multiple * multiple)
+        return long, short
+    long = int((short * width / height) // multiple * multiple)
+    return short, long
+
+
+# --------------------------------------------------------------------------------------------
+# The core: soft labels from features
+# --------------------------------------------------------------------------------------------
+
+
+class _ContextTopK:
+    """Finds, for a batch of target frames, their joint top-k among all context positions.
+
+    Candidates are encoded as ``frame_index · N + position`` with ``N = h·w``; padding copies
+    of frame 0 are encoded as frame 0, whose labels are the ground truth.
+    """
+
+    def __init__(self, height: int, width: int, config: PropagationConfig, device) -> None:
+        self.config = config
+        self.num_positions = height * width
+        self.windowed = None
+        if config.window != "none":
+            self.windowed = WindowedTopK(
+                height, width, config.radius, config.window, config.topk,
+                tile=config.tile, device=device,
+            )
+        self._key_tiles: dict[int, Tensor] = {}
+
+    def _recent_topk(
+        self, query_tiles: Tensor, queries: Tensor, key_frame: Tensor, frame_index: int
+    ) -> tuple[Tensor, Tensor]:
+        """Top-k of one query frame (``1×…``) against one earlier frame (restricted or not)."""
+        if self.windowed is None:
+            return dense_topk(queries.flatten(2), key_frame.flatten(2), self.config.topk)
+        if frame_index not in self._key_tiles:
+            self._key_tiles[frame_index] = self.windowed.key_tiles(key_frame)
+        return self.windowed.topk_tiles(query_tiles, self._key_tiles[frame_index])
+
+    def evict_before(self, frame_index: int) -> None:
+        """Drop cached key windows of frames older than ``frame_index`` (frame 0 is kept)."""
+        for index in [i for i in self._key_tiles if 0 < i < frame_index]:
+            del self._key_tiles[index]
+
+    def __call__(
+        self, features: Callable[[int], Tensor], targets: Sequence[int]
+    ) -> tuple[Tensor, Tensor]:
+        """Joint top-k for each target frame.
+
+        Args:
+            features: frame index → ``1×C×h×w`` L2-normalised features.
+            targets: target frame indices (all ≥ 1).
+
+        Returns:
+            ``(weights, candidates)``, each ``len(targets)×N×k``: softmax weights and encoded
+            candidate positions.
+        """
+        config, n = self.config, self.num_positions
+        first = features(0)
+        weights, candidates = [], []
+        for target in targets:
+            query = features(target)
+            query_tiles = None if self.windowed is None else self.windowed.query_tiles(query)
+            values_list: list[Tensor] = []
+            index_list: list[Tensor] = []
+
+            if config.window_first:
+                values, positions = self._recent_topk(query_tiles, query, first, 0)
+            else:
+                values, positions = dense_topk(query.flatten(2), first.flatten(2), config.topk)
+            values_list.append(values)
+            index_list.append(positions)
+
+            first_windowed: tuple[Tensor, Tensor] | None = None
+            for offset in range(1, config.num_recent + 1):
+                source = target - offset
+                if source >= 1:
+                    values, positions = self._recent_topk(
+                        query_tiles, query, features(source), source
+                    )
+                    values_list.append(values)
+                    index_list.append(positions + source * n)
+                elif config.pad_with_first:
+                    if first_windowed is None:
+                        first_windowed = self._recent_topk(query_tiles, query, first, 0)
+                    values_list.append(first_windowed[0])
+                    index_list.append(first_windowed[1])
+            values = torch.cat(values_list, dim=-1)
+            indices = torch.cat(index_list, dim=-1)
+            top = values.topk(min(config.topk, values.shape[-1]), dim=-1)
+            weights.append(torch.softmax(top.values / config.temperature, dim=-1))
+            candidates.append(indices.gather(-1, top.indices))
+        return torch.cat(weights), torch.cat(candidates)
+
+
+def propagate_labels(
+    features: Callable[[int], Tensor] | Tensor,
+    first_labels: Tensor,
+    num_frames: int,
+    config: PropagationConfig,
+    *,
+    on_frame: Callable[[int, Tensor], None] | None = None,
+    release: Callable[[int], None] | None = None,
+    target_batch: int = 1,
+) -> Tensor:
+    """Propagate soft labels through a sequence.
+
+    Args:
+        features: ``T×C×h×w`` L2-normalised features, or a function frame index →
+            ``1×C×h×w`` (lets callers stream features with bounded memory).
+        first_labels: ``K×h×w`` soft labels of frame 0 (one-hot of the first mask, resized).
+        num_frames: ``T``.
+        config: the protocol.
+        on_frame: called with ``(t, K×h×w soft labels)`` as soon as frame ``t`` is done.
+        release: called with ``t`` once frame ``t``'s features are no longer needed.
+        target_batch: target frames whose neighbours are searched together.
+
+    Returns:
+        ``T×K×h×w`` soft labels on the features' device (frame 0 = ``first_labels``).
+    """
+    if isinstance(features, Tensor):
+        feature_tensor = features
+        features = lambda index: feature_tensor[index : index + 1]  # noqa: E731
+    first = features(0)
+    _, _, height, width = first.shape
+    num_labels = first_labels.shape[0]
+    if tuple(first_labels.shape[1:]) != (height, width):
+        raise ValueError(
+            f"first_labels must be K×{height}×{width} to match the features, got "
+            f"{tuple(first_labels.shape)}"
+        )
+    n = height * width
+    labels = torch.zeros(num_labels, num_frames * n, device=first.device, dtype=torch.float32)
+    labels[:, :n] = first_labels.reshape(num_labels, n).float()
+    if on_frame is not None:
+        on_frame(0, first_labels)
+    search = _ContextTopK(height, width, config, first.device)
+    for start in range(1, num_frames, target_batch):
+        targets = list(range(start, min(num_frames, start + target_batch)))
+        weights, candidates = search(features, targets)
+        for row, target in enumerate(targets):
+            gathered = labels[:, candidates[row]]  # K×N×k
+            soft = (gathered * weights[row].unsqueeze(0)).sum(-1)
+            labels[:, target * n : (target + 1) * n] = soft
+            if on_frame is not None:
+                on_frame(target, soft.view(num_labels, height, width))
+        oldest_needed = targets[-1] + 1 - config.num_recent
+        search.evict_before(oldest_needed)
+        if release is not None:
+            for index in range(max(1, oldest_needed - target_batch), oldest_needed):
+                release(index)
+    return labels.view(num_labels, num_frames, height, width).transpose(0, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Masks ↔ soft labels
+# --------------------------------------------------------------------------------------------
+
+
+def mask_to_soft_labels(
+    mask: np.ndarray, object_ids: Sequence[int], size: tuple[int, int], mode: str
+) -> Tensor:
+    """``H×W`` id map → ``K×h×w`` one-hot (background first, then ``object_ids``), resized.
+
+    Ids not in ``object_ids`` (such as void 255) count as background.
+    """
+    ids = torch.as_tensor(np.asarray(mask).astype(np.int64))
+    one_hot = torch.zeros(len(object_ids) + 1, *ids.shape)
+    one_hot[0] = 1.0
+    for channel, object_id in enumerate(object_ids, start=1):
+        where = ids == object_id
+        one_hot[channel][where] = 1.0
+        one_hot[0][where] = 0.0
+    if tuple(ids.shape) == tuple(size):
+        return one_hot
+    if mode == "bilinear":
+        return F.interpolate(one_hot[None], size=size, mode="bilinear", align_corners=False)[0]
+    return F.interpolate(one_hot[None], size=size, mode="nearest-exact")[0]
+
+
+def soft_labels_to_ids(
+    soft: Tensor,
+    output_size: tuple[int, int],
+    label_ids: Sequence[int],
+    config: PropagationConfig,
+    processing: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """``K×h×w`` soft labels → ``H×W`` uint8 id map at the frame's size.
+
+    CRW: bilinear to the frame size, argmax. DINO: bilinear to the processing size, per-channel
+    min-max, argmax, nearest-neighbour resize to the frame size.
+    """
+    size = processing if config.minmax_normalise and processing is not None else output_size
+    up = F.interpolate(soft[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+    if config.minmax_normalise:
+        low = up.amin(dim=(1, 2), keepdim=True)
+        high = up.amax(dim=(1, 2), keepdim=True)
+        scaled = (up - low) / (high - low).clamp_min(torch.finfo(up.dtype).tiny)
+        up = torch.where(high > 0, scaled, up)
+    channel = up.argmax(0)
+    if tuple(channel.shape) != tuple(output_size):
+        channel = F.interpolate(
+            channel[None, None].float(), size=output_size, mode="nearest"
+        )[0, 0].long()
+    lookup = torch.as_tensor(list(label_ids), dtype=torch.uint8, device=channel.device)
+    return lookup[channel].cpu().numpy()
+
+
+def evaluate_backbone_on_davis(*args, **kwargs) -> dict[str, float]:
+    """Propagate and score on a DAVIS-style set; see
+    :func:`densessl.video.davis_propagation.evaluate_backbone_on_davis`."""
+    from densessl.video.davis_propagation import evaluate_backbone_on_davis as evaluate
+
+    return evaluate(*args, **kwargs)

@@ -1,0 +1,140 @@
+"""Shared test fixtures: a tiny DAVIS-layout set written on the fly, and the real mini set.
+
+``tiny_davis`` is a DAVIS-2017-layout folder (palette masks, 255 = void, 1–3 objects as moving
+ellipses on a textured background, 64×96 px, 8 frames); ``tiny_davis_factory(**options)`` makes
+others (year=2016 writes 0/255 grayscale masks and the frame-pair ImageSets list).
+``MINI_DAVIS`` is eight real DAVIS-2016 val sequences kept outside the repository; tests that
+use it are marked ``@requires_mini_davis`` and skip when it is absent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from densessl.datasets.palette import write_indexed_png
+
+MINI_DAVIS = Path(__file__).resolve().parents[2] / "shared/data/davis2016_mini"
+requires_mini_davis = pytest.mark.skipif(
+    not (MINI_DAVIS / "JPEGImages").is_dir(),
+    reason=f"real DAVIS mini set not found at {MINI_DAVIS}",
+)
+
+# (sequence name, number of objects)
+TINY_SEQUENCES: tuple[tuple[str, int], ...] = (("bear-run", 1), ("cat-jump", 2), ("dog-walk", 3))
+_OBJECT_COLORS = np.array(
+    [[220, 40, 40], [40, 200, 60], [50, 80, 230], [230, 200, 40], [200, 60, 210]], dtype=np.float64
+)
+
+
+def _ellipse(height: int, width: int, cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
+    yy, xx = np.mgrid[:height, :width]
+    return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+
+
+def _sequence_masks(
+    rng: np.random.Generator, num_objects: int, num_frames: int, height: int, width: int
+) -> np.ndarray:
+    """``T×H×W`` uint8 ids: moving ellipses (later ids in front), a void ring around object 1
+    when there are several objects, and object 3 hidden for two middle frames."""
+    ids = np.zeros((num_frames, height, width), dtype=np.uint8)
+    for object_id in range(1, num_objects + 1):
+        ry = rng.uniform(0.12, 0.25) * height
+        rx = rng.uniform(0.10, 0.22) * width
+        cy = rng.uniform(0.3, 0.7) * height
+        cx = rng.uniform(0.25, 0.75) * width
+        vy, vx = rng.uniform(-1.5, 1.5), rng.uniform(-3.0, 3.0)
+        for t in range(num_frames):
+            if object_id == 3 and t in (num_frames // 2, num_frames // 2 + 1):
+                continue  # fully occluded / out of view: ids absent in some frames
+            inside = _ellipse(height, width, cy + vy * t, cx + vx * t, ry, rx)
+            ids[t][inside] = object_id
+    if num_objects >= 2:
+        for t in range(num_frames):
+            obj = ids[t] == 1
+            grown = obj.copy()
+            grown[1:] |= obj[:-1]
+            grown[:-1] |= obj[1:]
+            grown[:, 1:] |= obj[:, :-1]
+            grown[:, :-1] |= obj[:, 1:]
+            ids[t][grown & (ids[t] == 0)] = 255
+    return ids
+
+
+def _frame(rng: np.random.Generator, ids: np.ndarray) -> np.ndarray:
+    """``H×W×3`` uint8 RGB: smooth background + noise, each object a fixed colour + texture."""
+    height, width = ids.shape
+    yy, xx = np.mgrid[:height, :width]
+    base = np.stack([90 + 60 * yy / height, 110 + 50 * xx / width, 100 + 0 * xx], axis=-1)
+    image = base + rng.normal(0, 8, size=(height, width, 3))
+    for object_id in range(1, len(_OBJECT_COLORS) + 1):
+        inside = ids == object_id
+        if inside.any():
+            image[inside] = _OBJECT_COLORS[object_id - 1] + rng.normal(
+                0, 12, size=(inside.sum(), 3)
+            )
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def write_tiny_davis(
+    root: Path,
+    *,
+    year: int = 2017,
+    sequences: Sequence[tuple[str, int]] = TINY_SEQUENCES,
+    num_frames: int = 8,
+    size: tuple[int, int] = (64, 96),
+    seed: int = 0,
+    split: str = "val",
+    resolution: str = "480p",
+) -> Path:
+    """Write a DAVIS-layout set under ``root`` and return ``root``.
+
+    2017: palette PNG ids (255 = void) and ``ImageSets/2017/<split>.txt`` with sequence names.
+    2016: 0/255 grayscale masks (all objects merged) and ``ImageSets/<resolution>/<split>.txt``
+    listing ``/JPEGImages/<res>/<seq>/<frame>.jpg /Annotations/<res>/<seq>/<frame>.png`` pairs.
+    """
+    rng = np.random.default_rng(seed)
+    height, width = size
+    lines: list[str] = []
+    for name, num_objects in sequences:
+        ids = _sequence_masks(rng, num_objects, num_frames, height, width)
+        image_dir = root / "JPEGImages" / resolution / name
+        mask_dir = root / "Annotations" / resolution / name
+        image_dir.mkdir(parents=True, exist_ok=True)
+        mask_dir.mkdir(parents=True, exist_ok=True)
+        for t in range(num_frames):
+            stem = f"{t:05d}"
+            Image.fromarray(_frame(rng, ids[t])).save(image_dir / f"{stem}.jpg", quality=92)
+            if year == 2017:
+                write_indexed_png(mask_dir / f"{stem}.png", ids[t])
+            else:
+                fg = ((ids[t] != 0) & (ids[t] != 255)).astype(np.uint8) * 255
+                Image.fromarray(fg, mode="L").save(mask_dir / f"{stem}.png")
+                frame_file = f"/JPEGImages/{resolution}/{name}/{stem}.jpg"
+                lines.append(f"{frame_file} /Annotations/{resolution}/{name}/{stem}.png")
+        if year == 2017:
+            lines.append(name)
+    list_dir = root / "ImageSets" / ("2017" if year == 2017 else resolution)
+    list_dir.mkdir(parents=True, exist_ok=True)
+    (list_dir / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture
+def tiny_davis(tmp_path: Path) -> Path:
+    """A tiny DAVIS-2017-layout set (3 sequences with 1, 2, 3 objects; 8 frames of 64×96)."""
+    return write_tiny_davis(tmp_path / "davis2017")
+
+
+@pytest.fixture
+def tiny_davis_factory(tmp_path: Path) -> Callable[..., Path]:
+    """``make(name="davis", **options) -> root``: more tiny sets (see :func:`write_tiny_davis`)."""
+
+    def make(name: str = "davis", **options) -> Path:
+        return write_tiny_davis(tmp_path / name, **options)
+
+    return make
