@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "propagate": ("propagate", "propagate first-frame masks with a backbone's features"),
     "eval-davis": ("eval_model", "propagate with a backbone, then score (one command)"),
     "demo": ("demo", "the end-to-end demo on synthetic data"),
+    "build-ops": ("build_ops", "compile the CUDA correlation kernels now (else on first use)"),
 }
 
 

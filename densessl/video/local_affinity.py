@@ -45,7 +45,7 @@ def window_mask(dy: Tensor, dx: Tensor, radius: float, shape: WindowShape) -> Te
 
 
 def dense_topk(
-    queries: Tensor, keys: Tensor, k: int, *, chunk_size: int = 4096
+    queries: Tensor, keys: Tensor, k: int, *, chunk_size: int = 1024
 ) -> tuple[Tensor, Tensor]:
     """Top-k over all key positions for every query position.
 

@@ -146,6 +146,9 @@ class _ContextTopK:
                 height, width, config.radius, config.window, config.topk,
                 tile=config.tile, device=device,
             )
+        # Key windows overlap (each key is copied (S/tile)² times): worth caching on the CPU,
+        # where the copy costs as much as the matmul; on GPUs recomputing is cheaper than memory.
+        self.cache_key_tiles = torch.device(device).type == "cpu"
         self._key_tiles: dict[int, Tensor] = {}
 
     def _recent_topk(
@@ -154,9 +157,12 @@ class _ContextTopK:
         """Top-k of one query frame (``1×…``) against one earlier frame (restricted or not)."""
         if self.windowed is None:
             return dense_topk(queries.flatten(2), key_frame.flatten(2), self.config.topk)
-        if frame_index not in self._key_tiles:
-            self._key_tiles[frame_index] = self.windowed.key_tiles(key_frame)
-        return self.windowed.topk_tiles(query_tiles, self._key_tiles[frame_index])
+        key_tiles = self._key_tiles.get(frame_index)
+        if key_tiles is None:
+            key_tiles = self.windowed.key_tiles(key_frame)
+            if self.cache_key_tiles:
+                self._key_tiles[frame_index] = key_tiles
+        return self.windowed.topk_tiles(query_tiles, key_tiles)
 
     def evict_before(self, frame_index: int) -> None:
         """Drop cached key windows of frames older than ``frame_index`` (frame 0 is kept)."""

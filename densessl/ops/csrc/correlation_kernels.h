@@ -1,0 +1,412 @@
+// CUDA kernels of the spatial correlation and their launch geometry (see correlation_params.h
+// for the definition). Included by correlation_cuda.cu; free of PyTorch so that the kernels
+// can also be compiled for the CPU by a test harness that emulates blocks with threads.
+//
+// Forward: one block per (output row y, displacement row i, tile of output columns, batch).
+// Channels are walked in chunks of kChunk: the tile's input1 row segment and the matching
+// (shifted) input2 row segment are staged in shared memory as the accumulation type, then each
+// thread accumulates a TXT × TDT register tile of (column, horizontal displacement) outputs.
+// With unit horizontal stride and displacement step (SLIDE), output (x, j) reads input2 at
+// staged column x + j, so a thread loads TXT + TDT − 1 input2 values per channel for TXT·TDT
+// products; otherwise each product reads its own staged value.
+//
+// Backward (gather form, no atomics, one kernel per input): one block per (row of the input
+// whose gradient is computed, tile of its columns, chunk of channels, batch). For every
+// (displacement row, kernel tap) the block stages the "other" input's row segment S[c][m] and a
+// skewed copy G[m][x] of the gradient rows, where m indexes columns of the other input, so that
+//   grad[c, x] += Σ_m S[c][m] · G[m][x].
+// G is zero outside the band x ≤ m ≤ x + (pW − 1)·dpW, so this is a banded matrix product;
+// each thread holds a TCT × TXT (channel, column) register tile and walks only its band.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "correlation_params.h"
+
+#ifndef DENSESSL_EMULATE_CUDA
+#define DENSESSL_SHARED_BYTES(name) extern __shared__ __align__(16) unsigned char name[]
+#define DENSESSL_LAUNCH_BOUNDS(n) __launch_bounds__(n)
+#define DENSESSL_CHECK_ALIGNED_16(ptr)
+#endif
+
+namespace densessl {
+namespace kernels {
+
+constexpr int kChunk = 16;              // channels staged at a time by the forward kernel
+constexpr int kSmemLimit = 48 * 1024;   // dynamic shared memory per block, no opt-in needed
+constexpr int kForwardThreads = 256;    // forward block size cap (register tile kernels)
+constexpr int kBackwardThreads = 128;   // backward block size
+constexpr int kBackwardTCT = 8;         // backward register tile: channels
+constexpr int kBackwardTXT = 4;         // backward register tile: columns
+constexpr int kForwardTXT = 8;          // forward register tile: output columns
+
+// fp32 accumulation for float/half/bfloat16, fp64 for double.
+template <typename T>
+struct AccType {
+  using type = float;
+};
+template <>
+struct AccType<double> {
+  using type = double;
+};
+
+inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+// Visits the flat indices tid, tid + step, ... < rows·cols as (row, col), dividing only once.
+template <typename F>
+__device__ __forceinline__ void for_each_2d(int rows, int cols, int tid, int step, F&& body) {
+  if (cols <= 0) return;
+  int r = tid / cols;
+  int c = tid - r * cols;
+  const int dr = step / cols;
+  const int dc = step - dr * cols;
+  while (r < rows) {
+    body(r, c);
+    r += dr;
+    c += dc;
+    if (c >= cols) {
+      c -= cols;
+      ++r;
+    }
+  }
+}
+
+// N consecutive values from shared memory; 16-byte loads for float when N % 4 == 0 (callers
+// guarantee 16-byte alignment in that case).
+template <int N, typename acc_t>
+__device__ __forceinline__ void load_row(const acc_t* src, acc_t (&dst)[N]) {
+  if constexpr (std::is_same_v<acc_t, float> && N % 4 == 0) {
+    DENSESSL_CHECK_ALIGNED_16(src);
+    const float4* v = reinterpret_cast<const float4*>(src);
+#pragma unroll
+    for (int k = 0; k < N / 4; ++k) {
+      const float4 q = v[k];
+      dst[4 * k + 0] = q.x;
+      dst[4 * k + 1] = q.y;
+      dst[4 * k + 2] = q.z;
+      dst[4 * k + 3] = q.w;
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < N; ++k) dst[k] = src[k];
+  }
+}
+
+// ------------------------------------------------------------------------------ forward
+
+struct ForwardGeometry {
+  int nXg;       // thread groups along output columns (TXT columns each)
+  int nDg;       // thread groups along horizontal displacements (TDT each)
+  int tilesX;    // column tiles per output row
+  int threads;   // nXg · nDg
+  int smem;      // dynamic shared memory, bytes
+  int gridX;     // tilesX · pH · oH
+};
+
+template <int TXT, int TDT>
+inline int forward_smem_bytes(const CorrParams& p, int nXg, int nDg, int acc_size) {
+  const int64_t TX = int64_t(nXg) * TXT, ND = int64_t(nDg) * TDT;
+  const int64_t TXB = (TX - 1) * p.sW + (ND - 1) * p.dpW + 1;
+  const int64_t elems = std::max<int64_t>(kChunk * (TX + TXB), ND * TX);
+  return static_cast<int>(std::min<int64_t>(elems * acc_size, INT32_MAX));
+}
+
+// Returns false when even the smallest tile does not fit in shared memory.
+template <int TXT, int TDT>
+inline bool forward_geometry(const CorrParams& p, int acc_size, int max_threads,
+                             ForwardGeometry* g) {
+  g->nDg = ceil_div(p.pW, TDT);
+  g->nXg = std::min(ceil_div(p.oW, TXT), std::max(1, max_threads / g->nDg));
+  while (g->nXg > 1 && forward_smem_bytes<TXT, TDT>(p, g->nXg, g->nDg, acc_size) > kSmemLimit)
+    g->nXg = (g->nXg + 1) / 2;
+  g->smem = forward_smem_bytes<TXT, TDT>(p, g->nXg, g->nDg, acc_size);
+  g->tilesX = ceil_div(p.oW, g->nXg * TXT);
+  g->threads = g->nXg * g->nDg;
+  g->gridX = g->tilesX * p.pH * p.oH;
+  return g->smem <= kSmemLimit && g->threads <= 1024;
+}
+
+// Register tile width along the displacements: the one that pads pW least (ties: the wider).
+inline int pick_displacement_tile(int pW) {
+  int best = 8;
+  for (int t : {5, 4}) {
+    if (ceil_div(pW, t) * t < ceil_div(pW, best) * best) best = t;
+  }
+  return best;
+}
+
+// Calls f(std::integral_constant<int, TDT>, std::bool_constant<SLIDE>) for the forward kernel
+// variant suited to p.
+template <typename F>
+inline void with_forward_variant(const CorrParams& p, F&& f) {
+  if (p.sW != 1 || p.dpW != 1) {
+    f(std::integral_constant<int, 1>{}, std::false_type{});
+    return;
+  }
+  switch (pick_displacement_tile(p.pW)) {
+    case 4: f(std::integral_constant<int, 4>{}, std::true_type{}); break;
+    case 5: f(std::integral_constant<int, 5>{}, std::true_type{}); break;
+    default: f(std::integral_constant<int, 8>{}, std::true_type{}); break;
+  }
+}
+
+template <typename scalar_t, int TXT, int TDT, bool SLIDE>
+__global__ void DENSESSL_LAUNCH_BOUNDS(SLIDE ? kForwardThreads : 1024)
+    corr_forward_kernel(const scalar_t* __restrict__ in1, const scalar_t* __restrict__ in2,
+                        scalar_t* __restrict__ out, const CorrParams p, const int nXg,
+                        const int nDg, const int tilesX) {
+  using acc_t = typename AccType<scalar_t>::type;
+  DENSESSL_SHARED_BYTES(smem_raw);
+  acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
+
+  const int TX = nXg * TXT;               // output columns of the tile
+  const int ND = nDg * TDT;               // horizontal displacements, padded to the thread tile
+  const int TXB = (TX - 1) * p.sW + (ND - 1) * p.dpW + 1;  // input2 columns staged
+  acc_t* As = smem;                       // [kChunk][TX]
+  acc_t* Bs = smem + kChunk * TX;         // [kChunk][TXB]
+
+  int bx = blockIdx.x;
+  const int tile = bx % tilesX;
+  bx /= tilesX;
+  const int ph = bx % p.pH;
+  const int y = bx / p.pH;
+  const int b = blockIdx.y;
+  const int x0 = tile * TX;
+  const int tid = threadIdx.x;
+  const int nthreads = blockDim.x;
+  const int dg = tid % nDg;
+  const int xg = tid / nDg;
+  const int xl0 = xg * TXT;
+  const int d0 = dg * TDT;
+
+  acc_t acc[TXT][TDT];
+#pragma unroll
+  for (int i = 0; i < TXT; ++i)
+#pragma unroll
+    for (int j = 0; j < TDT; ++j) acc[i][j] = acc_t(0);
+
+  const int64_t HW = int64_t(p.H) * p.W;
+  const scalar_t* in1_b = in1 + int64_t(b) * p.C * HW;
+  const scalar_t* in2_b = in2 + int64_t(b) * p.C * HW;
+  const int shift_h = (ph - p.rH) * p.dpH;
+
+  for (int ki = 0; ki < p.kH; ++ki) {
+    const int row1 = y * p.sH - p.padH + ki * p.dilH;
+    const int row2 = row1 + shift_h;
+    // Uniform over the block, so skipping keeps every __syncthreads matched.
+    if (row1 < 0 || row1 >= p.H || row2 < 0 || row2 >= p.H) continue;
+    const scalar_t* in1_row = in1_b + int64_t(row1) * p.W;
+    const scalar_t* in2_row = in2_b + int64_t(row2) * p.W;
+    for (int kj = 0; kj < p.kW; ++kj) {
+      const int col1_0 = x0 * p.sW - p.padW + kj * p.dilW;  // input1 column of tile column 0
+      const int col2_0 = col1_0 - p.rW * p.dpW;              // input2 column of Bs[.][0]
+      for (int c0 = 0; c0 < p.C; c0 += kChunk) {
+        __syncthreads();
+        for_each_2d(kChunk, TX, tid, nthreads, [&](int c, int xl) {
+          const int col = col1_0 + xl * p.sW;
+          acc_t v = acc_t(0);
+          if (c0 + c < p.C && col >= 0 && col < p.W)
+            v = static_cast<acc_t>(in1_row[int64_t(c0 + c) * HW + col]);
+          As[c * TX + xl] = v;
+        });
+        for_each_2d(kChunk, TXB, tid, nthreads, [&](int c, int m) {
+          const int col = col2_0 + m;
+          acc_t v = acc_t(0);
+          if (c0 + c < p.C && col >= 0 && col < p.W)
+            v = static_cast<acc_t>(in2_row[int64_t(c0 + c) * HW + col]);
+          Bs[c * TXB + m] = v;
+        });
+        __syncthreads();
+#pragma unroll 2
+        for (int c = 0; c < kChunk; ++c) {
+          acc_t a[TXT];
+          load_row<TXT>(As + c * TX + xl0, a);
+          const acc_t* brow = Bs + c * TXB;
+          if constexpr (SLIDE) {
+            acc_t bv[TXT + TDT - 1];
+#pragma unroll
+            for (int k = 0; k < TXT + TDT - 1; ++k) bv[k] = brow[xl0 + d0 + k];
+#pragma unroll
+            for (int i = 0; i < TXT; ++i)
+#pragma unroll
+              for (int j = 0; j < TDT; ++j) acc[i][j] += a[i] * bv[i + j];
+          } else {
+#pragma unroll
+            for (int i = 0; i < TXT; ++i)
+#pragma unroll
+              for (int j = 0; j < TDT; ++j)
+                acc[i][j] += a[i] * brow[(xl0 + i) * p.sW + (d0 + j) * p.dpW];
+          }
+        }
+      }
+    }
+  }
+
+  // Write through shared memory so that the global stores are contiguous along x.
+  __syncthreads();
+  acc_t* Os = smem;  // [ND][TX]
+#pragma unroll
+  for (int i = 0; i < TXT; ++i)
+#pragma unroll
+    for (int j = 0; j < TDT; ++j) Os[(d0 + j) * TX + xl0 + i] = acc[i][j];
+  __syncthreads();
+  const int64_t plane = int64_t(p.oH) * p.oW;
+  scalar_t* out_row = out + (int64_t(b) * p.pH + ph) * p.pW * plane + int64_t(y) * p.oW;
+  for_each_2d(p.pW, TX, tid, nthreads, [&](int j, int xl) {
+    const int x = x0 + xl;
+    if (x < p.oW) out_row[j * plane + x] = static_cast<scalar_t>(Os[j * TX + xl]);
+  });
+}
+
+// ------------------------------------------------------------------------------ backward
+
+struct BackwardGeometry {
+  int nCg;       // thread groups along channels (TCT channels each)
+  int nXg;       // thread groups along columns (TXT columns each)
+  int tilesX;    // column tiles per row
+  int chunksC;   // channel chunks (nCg · TCT channels each)
+  int threads;   // nCg · nXg
+  int smem;      // dynamic shared memory, bytes
+  int gridX;     // tilesX · chunksC · H
+};
+
+template <int TCT, int TXT>
+inline int backward_smem_bytes(const CorrParams& p, int nCg, int nXg, int acc_size) {
+  const int64_t CB = int64_t(nCg) * TCT, TX = int64_t(nXg) * TXT;
+  const int64_t U = TX + int64_t(p.pW - 1) * p.dpW;
+  return static_cast<int>(std::min<int64_t>((CB * U + U * TX) * acc_size, INT32_MAX));
+}
+
+template <int TCT, int TXT>
+inline bool backward_geometry(const CorrParams& p, int acc_size, int max_threads,
+                              BackwardGeometry* g) {
+  g->nCg = std::max(1, std::min(ceil_div(p.C, TCT), max_threads / 16));
+  g->nXg = std::max(1, std::min(ceil_div(p.W, TXT), max_threads / g->nCg));
+  while (backward_smem_bytes<TCT, TXT>(p, g->nCg, g->nXg, acc_size) > kSmemLimit &&
+         (g->nXg > 1 || g->nCg > 1)) {
+    if (g->nXg > 1)
+      g->nXg = (g->nXg + 1) / 2;
+    else
+      g->nCg = (g->nCg + 1) / 2;
+  }
+  g->smem = backward_smem_bytes<TCT, TXT>(p, g->nCg, g->nXg, acc_size);
+  g->tilesX = ceil_div(p.W, g->nXg * TXT);
+  g->chunksC = ceil_div(p.C, g->nCg * TCT);
+  g->threads = g->nCg * g->nXg;
+  g->gridX = g->tilesX * g->chunksC * p.H;
+  return g->smem <= kSmemLimit;
+}
+
+template <typename scalar_t, int TCT, int TXT, bool FOR_INPUT2>
+__global__ void DENSESSL_LAUNCH_BOUNDS(kBackwardThreads)
+    corr_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ other,
+                         scalar_t* __restrict__ target_grad, const CorrParams p, const int nCg,
+                         const int nXg, const int tilesX, const int chunksC) {
+  using acc_t = typename AccType<scalar_t>::type;
+  DENSESSL_SHARED_BYTES(smem_raw);
+  acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
+
+  const int CB = nCg * TCT;                // channels of the block
+  const int TX = nXg * TXT;                // target columns of the tile
+  const int span = (p.pW - 1) * p.dpW;     // horizontal reach of the patch
+  const int U = TX + span;                 // columns of the other input staged
+  acc_t* S = smem;                         // [CB][U]
+  acc_t* G = smem + CB * U;                // [U][TX]
+
+  int bx = blockIdx.x;
+  const int tile = bx % tilesX;
+  bx /= tilesX;
+  const int chunk = bx % chunksC;
+  const int yt = bx / chunksC;             // row of the target input
+  const int b = blockIdx.y;
+  const int x0 = tile * TX;
+  const int c0 = chunk * CB;
+  const int tid = threadIdx.x;
+  const int nthreads = blockDim.x;
+  const int cg = tid % nCg;
+  const int xg = tid / nCg;
+  const int xl0 = xg * TXT;
+
+  acc_t acc[TCT][TXT];
+#pragma unroll
+  for (int k = 0; k < TCT; ++k)
+#pragma unroll
+    for (int i = 0; i < TXT; ++i) acc[k][i] = acc_t(0);
+
+  const int64_t HW = int64_t(p.H) * p.W;
+  const int64_t plane = int64_t(p.oH) * p.oW;
+  const scalar_t* other_b = other + int64_t(b) * p.C * HW;
+  const scalar_t* grad_b = grad + int64_t(b) * p.pH * p.pW * plane;
+  // Column of the other input at m = 0. For input1's gradient, target column x pairs with
+  // input2 column x + (j − rW)·dpW at m = (x − x0) + j·dpW; for input2's gradient, target column
+  // x pairs with input1 column x − (j − rW)·dpW at m = (x − x0) + (pW − 1 − j)·dpW.
+  const int base = FOR_INPUT2 ? x0 - (p.pW - 1 - p.rW) * p.dpW : x0 - p.rW * p.dpW;
+
+  // The scatter below rewrites the same band cells at every step, so the rest of G stays zero.
+  for (int idx = tid; idx < U * TX; idx += nthreads) G[idx] = acc_t(0);
+
+  for (int ph = 0; ph < p.pH; ++ph) {
+    const int shift_h = (ph - p.rH) * p.dpH;
+    const int r1 = FOR_INPUT2 ? yt - shift_h : yt;  // input1 row
+    const int r2 = FOR_INPUT2 ? yt : yt + shift_h;  // input2 row
+    if (r1 < 0 || r1 >= p.H || r2 < 0 || r2 >= p.H) continue;
+    const scalar_t* other_row = other_b + int64_t(FOR_INPUT2 ? r1 : r2) * p.W;
+    for (int ki = 0; ki < p.kH; ++ki) {
+      const int t = r1 + p.padH - ki * p.dilH;  // = y·sH for the output row reading row r1
+      if (t < 0 || t % p.sH != 0 || t / p.sH >= p.oH) continue;
+      const int y = t / p.sH;
+      for (int kj = 0; kj < p.kW; ++kj) {
+        __syncthreads();
+        for_each_2d(CB, U, tid, nthreads, [&](int c, int m) {
+          const int col = base + m;
+          acc_t v = acc_t(0);
+          if (c0 + c < p.C && col >= 0 && col < p.W)
+            v = static_cast<acc_t>(other_row[int64_t(c0 + c) * HW + col]);
+          S[c * U + m] = v;
+        });
+        for_each_2d(p.pW, TX, tid, nthreads, [&](int j, int xl) {
+          const int m = FOR_INPUT2 ? xl + (p.pW - 1 - j) * p.dpW : xl + j * p.dpW;
+          const int col1 = FOR_INPUT2 ? base + m : x0 + xl;  // input1 column
+          const int u = col1 + p.padW - kj * p.dilW;         // = x·sW for the output column
+          acc_t v = acc_t(0);
+          if (u >= 0 && u % p.sW == 0 && u / p.sW < p.oW)
+            v = static_cast<acc_t>(
+                grad_b[(int64_t(ph) * p.pW + j) * plane + int64_t(y) * p.oW + u / p.sW]);
+          G[m * TX + xl] = v;
+        });
+        __syncthreads();
+        const int m_end = xl0 + TXT + span;
+        for (int m = xl0; m < m_end; ++m) {
+          acc_t s[TCT];
+#pragma unroll
+          for (int k = 0; k < TCT; ++k) s[k] = S[(cg + k * nCg) * U + m];
+          acc_t g[TXT];
+          load_row<TXT>(G + m * TX + xl0, g);
+#pragma unroll
+          for (int k = 0; k < TCT; ++k)
+#pragma unroll
+            for (int i = 0; i < TXT; ++i) acc[k][i] += s[k] * g[i];
+        }
+      }
+    }
+  }
+
+  __syncthreads();
+  acc_t* Os = smem;  // [CB][TX]
+#pragma unroll
+  for (int k = 0; k < TCT; ++k)
+#pragma unroll
+    for (int i = 0; i < TXT; ++i) Os[(cg + k * nCg) * TX + xl0 + i] = acc[k][i];
+  __syncthreads();
+  scalar_t* dst = target_grad + int64_t(b) * p.C * HW + int64_t(yt) * p.W;
+  for_each_2d(CB, TX, tid, nthreads, [&](int c, int xl) {
+    const int x = x0 + xl;
+    if (c0 + c < p.C && x < p.W)
+      dst[int64_t(c0 + c) * HW + x] = static_cast<scalar_t>(Os[c * TX + xl]);
+  });
+}
+
+}  // namespace kernels
+}  // namespace densessl
