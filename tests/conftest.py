@@ -9,6 +9,8 @@ use it are marked ``@requires_mini_davis`` and skip when it is absent.
 
 from __future__ import annotations
 
+import hashlib
+
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -122,6 +124,16 @@ def write_tiny_davis(
     list_dir.mkdir(parents=True, exist_ok=True)
     (list_dir / f"{split}.txt").write_text("\n".join(lines) + "\n")
     return root
+
+
+def tree_hash(root: Path) -> str:
+    """Digest of every path and file content under ``root`` (to prove nothing was modified)."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        digest.update(str(path.relative_to(root)).encode())
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 @pytest.fixture

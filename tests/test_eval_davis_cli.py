@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import MINI_DAVIS, TINY_SEQUENCES, requires_mini_davis
+from conftest import MINI_DAVIS, TINY_SEQUENCES, requires_mini_davis, tree_hash
 from PIL import Image
 
 from densessl.datasets.davis import DavisDataset, write_indexed_png
@@ -26,15 +25,6 @@ from densessl.tools.eval_davis import main
 
 REPO = Path(__file__).resolve().parents[1]
 OBJECT_ROWS = [f"{name}_{k}" for name, n in TINY_SEQUENCES for k in range(1, n + 1)]
-
-
-def tree_hash(root: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        digest.update(str(path.relative_to(root)).encode())
-        if path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def write_predictions(davis: Path, results: Path, *, noise: float = 0.0, seed: int = 0) -> dict:
