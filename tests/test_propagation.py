@@ -222,3 +222,18 @@ def test_bad_settings_are_named():
         make_config("crw", topkk=3)
     with pytest.raises(ValueError, match="temperature"):
         make_config("crw", temperature=0)
+
+
+@pytest.mark.parametrize("protocol", ["crw", "dino"])
+def test_bf16_search_with_rescoring_matches_fp32(protocol):
+    height, width, num_frames = 24, 30, 8
+    features = _smooth_features(num_frames, 64, height, width, seed=5)
+    ids = _blob_labels(height, width, 2, seed=5)
+    exact_config = make_config(protocol, radius=6)
+    first = mask_to_soft_labels(ids, [1, 2], (height, width), exact_config.label_downsample)
+    exact = propagate_labels(features, first, num_frames, exact_config)
+    fast = propagate_labels(features, first, num_frames,
+                            make_config(protocol, radius=6, search_precision="bf16"))
+    agree = (exact.argmax(1) == fast.argmax(1)).float().mean().item()
+    assert agree >= 0.999
+    assert (exact - fast).abs().max() < 0.05

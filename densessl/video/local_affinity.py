@@ -137,12 +137,19 @@ class WindowedTopK:
         self.mask, self.key_position = _tile_layout(
             height, width, tile, self.reach, radius, shape, torch.device(device)
         )
-        self.outside = ~self.mask
+        self._biases: dict[torch.dtype, Tensor] = {}
         self.tiles_y = math.ceil(height / tile)
         self.tiles_x = math.ceil(width / tile)
         self.num_tiles = self.tiles_y * self.tiles_x
         self.pad_h = self.tiles_y * tile - height
         self.pad_w = self.tiles_x * tile - width
+
+    def _bias(self, dtype: torch.dtype) -> Tensor:
+        """``1×L×tile²×S²`` additive mask: 0 inside the window and the image, −inf elsewhere."""
+        if dtype not in self._biases:
+            bias = torch.zeros(self.mask.shape, dtype=dtype, device=self.mask.device)
+            self._biases[dtype] = bias.masked_fill_(~self.mask, float("-inf")).unsqueeze(0)
+        return self._biases[dtype]
 
     def query_tiles(self, queries: Tensor) -> Tensor:
         """``B×C×h×w`` queries → ``B×L×tile²×C`` blocks (a cheap permutation, no overlap)."""
@@ -151,7 +158,8 @@ class WindowedTopK:
         tile = self.tile
         padded = F.pad(queries, (0, self.pad_w, 0, self.pad_h))
         blocks = F.unfold(padded, kernel_size=tile, stride=tile)  # B×(C·t²)×L
-        return blocks.view(batch, channels, tile * tile, self.num_tiles).permute(0, 3, 2, 1)
+        blocks = blocks.view(batch, channels, tile * tile, self.num_tiles)
+        return blocks.permute(0, 3, 2, 1).contiguous()
 
     def key_tiles(self, keys: Tensor) -> Tensor:
         """``B×C×h×w`` keys → ``B×L×C×S²`` windows (overlapping: compute once per key frame)."""
@@ -170,10 +178,16 @@ class WindowedTopK:
             ``(values, indices)``, each ``B×(h·w)×k``: cosine similarities sorted descending
             (``-inf`` where the window holds fewer than ``k`` keys) and flat key positions.
         """
-        batch = query_tiles.shape[0]
+        batch, num_tiles = query_tiles.shape[:2]
         tile, height, width = self.tile, self.height, self.width
-        affinity = torch.matmul(query_tiles, key_tiles)  # B×L×t²×S²
-        affinity.masked_fill_(self.outside, float("-inf"))
+        # The window mask enters as an additive 0/−inf bias fused into the matmul (one pass
+        # over the affinities instead of two).
+        bias = self._bias(query_tiles.dtype).expand(batch, -1, -1, -1)
+        affinity = torch.baddbmm(
+            bias.reshape(batch * num_tiles, *bias.shape[2:]),
+            query_tiles.reshape(batch * num_tiles, *query_tiles.shape[2:]),
+            key_tiles.reshape(batch * num_tiles, *key_tiles.shape[2:]),
+        ).view(batch, num_tiles, tile * tile, -1)  # B×L×t²×S²
         top = affinity.topk(self.k, dim=-1)  # B×L×t²×k
         positions = self.key_position.unsqueeze(1).expand(-1, tile * tile, -1)
         positions = positions.unsqueeze(0).expand(batch, -1, -1, -1).gather(-1, top.indices)

@@ -12,9 +12,8 @@ protocols (see ``PRESETS``):
   top-5 jointly with weights ``exp(cos / 0.1)``, short side 480 and long side floored to a
   multiple of 64, per-channel min-max before the argmax.
 
-Work is organised for speed: features are computed once per frame in batches on the device;
-top-k neighbours depend only on features, so they are found for a batch of target frames at
-once; only the cheap label gathering runs frame by frame. Windowed frames never build the full
+Work is organised for speed: features are computed once per frame in batches on the device,
+and the neighbour search runs there with no per-chunk round trips to the host. Windowed frames never build the full
 affinity (see :mod:`densessl.video.local_affinity`); memory is bounded by the context length,
 not the sequence length.
 """
@@ -64,6 +63,11 @@ class PropagationConfig:
     """Floor the long side to a multiple of this after resizing (DINO: 64)."""
     tile: int = 8
     """Query block size of the windowed top-k (speed only)."""
+    search_precision: Literal["fp32", "bf16"] = "fp32"
+    """``bf16``: neighbour search in bfloat16, then exact float32 re-scoring of the best
+    ``rescore_factor · topk`` candidates (faster on CPUs with AVX512-BF16 and on GPUs; rankings
+    can differ only between near-ties)."""
+    rescore_factor: int = 3
 
     def validate(self) -> None:
         if self.num_recent < 0:
@@ -76,6 +80,11 @@ class PropagationConfig:
             raise ValueError(f"window must be euclidean, square or none, got '{self.window}'")
         if self.window != "none" and self.radius <= 0:
             raise ValueError(f"radius must be > 0, got {self.radius}")
+        if self.search_precision not in ("fp32", "bf16"):
+            raise ValueError(f"search_precision must be fp32 or bf16, got "
+                             f"'{self.search_precision}'")
+        if self.rescore_factor < 1:
+            raise ValueError(f"rescore_factor must be >= 1, got {self.rescore_factor}")
         if self.label_downsample not in ("bilinear", "nearest"):
             raise ValueError(f"label_downsample must be bilinear or nearest, got "
                              f"'{self.label_downsample}'")
@@ -131,19 +140,25 @@ def processing_size(height: int, width: int, config: PropagationConfig) -> tuple
 
 
 class _ContextTopK:
-    """Finds, for a batch of target frames, their joint top-k among all context positions.
+    """Finds a target frame's joint top-k among all positions of its context frames.
 
     Candidates are encoded as ``frame_index · N + position`` with ``N = h·w``; padding copies
     of frame 0 are encoded as frame 0, whose labels are the ground truth.
+
+    With ``search_precision='bf16'`` the affinities are computed in bfloat16 and the
+    ``rescore_factor · k`` best candidates are re-scored exactly in float32 before the final
+    top-k, so weights are exact and only near-ties far below the top can be ranked differently.
     """
 
     def __init__(self, height: int, width: int, config: PropagationConfig, device) -> None:
         self.config = config
         self.num_positions = height * width
+        self.search_dtype = torch.bfloat16 if config.search_precision == "bf16" else None
+        self.pool = config.topk * (config.rescore_factor if self.search_dtype else 1)
         self.windowed = None
         if config.window != "none":
             self.windowed = WindowedTopK(
-                height, width, config.radius, config.window, config.topk,
+                height, width, config.radius, config.window, self.pool,
                 tile=config.tile, device=device,
             )
         # Key windows overlap (each key is copied (S/tile)² times): worth caching on the CPU,
@@ -151,73 +166,90 @@ class _ContextTopK:
         self.cache_key_tiles = torch.device(device).type == "cpu"
         self._key_tiles: dict[int, Tensor] = {}
 
-    def _recent_topk(
-        self, query_tiles: Tensor, queries: Tensor, key_frame: Tensor, frame_index: int
+    def _search(self, features: Tensor) -> Tensor:
+        return features if self.search_dtype is None else features.to(self.search_dtype)
+
+    def _restricted_topk(
+        self, query_tiles: Tensor | None, query: Tensor, key_frame: Tensor, frame_index: int
     ) -> tuple[Tensor, Tensor]:
-        """Top-k of one query frame (``1×…``) against one earlier frame (restricted or not)."""
-        if self.windowed is None:
-            return dense_topk(queries.flatten(2), key_frame.flatten(2), self.config.topk)
+        """Top-k of the query frame against one earlier frame under the window (if any)."""
+        if query_tiles is None or self.windowed is None:
+            return self._dense_topk(query, key_frame)
         key_tiles = self._key_tiles.get(frame_index)
         if key_tiles is None:
-            key_tiles = self.windowed.key_tiles(key_frame)
+            key_tiles = self.windowed.key_tiles(self._search(key_frame))
             if self.cache_key_tiles:
                 self._key_tiles[frame_index] = key_tiles
         return self.windowed.topk_tiles(query_tiles, key_tiles)
+
+    def _dense_topk(self, query: Tensor, key_frame: Tensor) -> tuple[Tensor, Tensor]:
+        return dense_topk(self._search(query).flatten(2), self._search(key_frame).flatten(2),
+                          self.pool)
 
     def evict_before(self, frame_index: int) -> None:
         """Drop cached key windows of frames older than ``frame_index`` (frame 0 is kept)."""
         for index in [i for i in self._key_tiles if 0 < i < frame_index]:
             del self._key_tiles[index]
 
-    def __call__(
-        self, features: Callable[[int], Tensor], targets: Sequence[int]
-    ) -> tuple[Tensor, Tensor]:
-        """Joint top-k for each target frame.
+    def __call__(self, features: Callable[[int], Tensor], target: int) -> tuple[Tensor, Tensor]:
+        """Joint top-k of frame ``target`` (≥ 1).
 
         Args:
-            features: frame index → ``1×C×h×w`` L2-normalised features.
-            targets: target frame indices (all ≥ 1).
+            features: frame index → ``1×C×h×w`` L2-normalised float32 features.
 
         Returns:
-            ``(weights, candidates)``, each ``len(targets)×N×k``: softmax weights and encoded
-            candidate positions.
+            ``(weights, candidates)``, each ``N×k``: softmax weights and encoded candidates.
         """
         config, n = self.config, self.num_positions
-        first = features(0)
-        weights, candidates = [], []
-        for target in targets:
-            query = features(target)
-            query_tiles = None if self.windowed is None else self.windowed.query_tiles(query)
-            values_list: list[Tensor] = []
-            index_list: list[Tensor] = []
-
-            if config.window_first:
-                values, positions = self._recent_topk(query_tiles, query, first, 0)
-            else:
-                values, positions = dense_topk(query.flatten(2), first.flatten(2), config.topk)
-            values_list.append(values)
-            index_list.append(positions)
-
-            first_windowed: tuple[Tensor, Tensor] | None = None
-            for offset in range(1, config.num_recent + 1):
-                source = target - offset
-                if source >= 1:
-                    values, positions = self._recent_topk(
-                        query_tiles, query, features(source), source
-                    )
-                    values_list.append(values)
-                    index_list.append(positions + source * n)
-                elif config.pad_with_first:
-                    if first_windowed is None:
-                        first_windowed = self._recent_topk(query_tiles, query, first, 0)
-                    values_list.append(first_windowed[0])
-                    index_list.append(first_windowed[1])
-            values = torch.cat(values_list, dim=-1)
-            indices = torch.cat(index_list, dim=-1)
+        first, query = features(0), features(target)
+        query_tiles = None
+        if self.windowed is not None:
+            query_tiles = self.windowed.query_tiles(self._search(query))
+        if config.window_first:
+            values, positions = self._restricted_topk(query_tiles, query, first, 0)
+        else:
+            values, positions = self._dense_topk(query, first)
+        values_list, index_list = [values], [positions]
+        sources = [0]
+        first_restricted: tuple[Tensor, Tensor] | None = None
+        for offset in range(1, config.num_recent + 1):
+            source = target - offset
+            if source >= 1:
+                values, positions = self._restricted_topk(
+                    query_tiles, query, features(source), source
+                )
+                values_list.append(values)
+                index_list.append(positions + source * n)
+                sources.append(source)
+            elif config.pad_with_first:
+                if first_restricted is None:
+                    first_restricted = self._restricted_topk(query_tiles, query, first, 0)
+                values_list.append(first_restricted[0])
+                index_list.append(first_restricted[1])
+        values = torch.cat(values_list, dim=-1)[0]  # N×(S·pool)
+        indices = torch.cat(index_list, dim=-1)[0]
+        top = values.topk(min(self.pool, values.shape[-1]), dim=-1)
+        values, indices = top.values, indices.gather(-1, top.indices)
+        if self.search_dtype is not None:
+            exact = self._rescore(features, query, sources, indices)
+            values = torch.where(torch.isfinite(values), exact, values)
             top = values.topk(min(config.topk, values.shape[-1]), dim=-1)
-            weights.append(torch.softmax(top.values / config.temperature, dim=-1))
-            candidates.append(indices.gather(-1, top.indices))
-        return torch.cat(weights), torch.cat(candidates)
+            values, indices = top.values, indices.gather(-1, top.indices)
+        return torch.softmax(values / config.temperature, dim=-1), indices
+
+    def _rescore(
+        self, features: Callable[[int], Tensor], query: Tensor, sources: list[int],
+        indices: Tensor,
+    ) -> Tensor:
+        """Exact float32 cosines of the ``N×pool`` encoded candidates."""
+        n, device = self.num_positions, indices.device
+        slot_of = torch.zeros(max(sources) + 1, dtype=torch.long, device=device)
+        slot_of[torch.tensor(sources, device=device)] = torch.arange(len(sources), device=device)
+        # Rows of C contiguous floats gather much faster than columns of a C×(S·N) matrix.
+        keys = torch.cat([features(source).flatten(2)[0].T for source in sources])  # (S·N)×C
+        slots = slot_of[indices // n] * n + indices % n  # N×pool
+        candidates = keys[slots.flatten()].view(*slots.shape, -1)  # N×pool×C
+        return torch.bmm(candidates, query.flatten(2)[0].T.unsqueeze(-1)).squeeze(-1)
 
 
 def propagate_labels(
@@ -228,7 +260,6 @@ def propagate_labels(
     *,
     on_frame: Callable[[int, Tensor], None] | None = None,
     release: Callable[[int], None] | None = None,
-    target_batch: int = 1,
 ) -> Tensor:
     """Propagate soft labels through a sequence.
 
@@ -240,7 +271,6 @@ def propagate_labels(
         config: the protocol.
         on_frame: called with ``(t, K×h×w soft labels)`` as soon as frame ``t`` is done.
         release: called with ``t`` once frame ``t``'s features are no longer needed.
-        target_batch: target frames whose neighbours are searched together.
 
     Returns:
         ``T×K×h×w`` soft labels on the features' device (frame 0 = ``first_labels``).
@@ -262,20 +292,16 @@ def propagate_labels(
     if on_frame is not None:
         on_frame(0, first_labels)
     search = _ContextTopK(height, width, config, first.device)
-    for start in range(1, num_frames, target_batch):
-        targets = list(range(start, min(num_frames, start + target_batch)))
-        weights, candidates = search(features, targets)
-        for row, target in enumerate(targets):
-            gathered = labels[:, candidates[row]]  # K×N×k
-            soft = (gathered * weights[row].unsqueeze(0)).sum(-1)
-            labels[:, target * n : (target + 1) * n] = soft
-            if on_frame is not None:
-                on_frame(target, soft.view(num_labels, height, width))
-        oldest_needed = targets[-1] + 1 - config.num_recent
+    for target in range(1, num_frames):
+        weights, candidates = search(features, target)
+        soft = (labels[:, candidates] * weights.unsqueeze(0)).sum(-1)  # K×N
+        labels[:, target * n : (target + 1) * n] = soft
+        if on_frame is not None:
+            on_frame(target, soft.view(num_labels, height, width))
+        oldest_needed = target + 1 - config.num_recent
         search.evict_before(oldest_needed)
-        if release is not None:
-            for index in range(max(1, oldest_needed - target_batch), oldest_needed):
-                release(index)
+        if release is not None and oldest_needed - 1 >= 1:
+            release(oldest_needed - 1)
     return labels.view(num_labels, num_frames, height, width).transpose(0, 1)
 
 
