@@ -25,8 +25,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_scorer.py
+	$(PY) benchmarks/bench_synthetic.py
 	$(PY) benchmarks/bench_propagation.py
 	$(PY) benchmarks/bench_correlation.py
+	$(PY) benchmarks/bench_crw.py
 
 clean:
 	rm -rf $(VENV) demo_out runs

@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-results": ("eval_davis", "score a folder of DAVIS result PNGs (official J&F)"),
     "propagate": ("propagate", "propagate first-frame masks with a backbone's features"),
     "eval-davis": ("eval_model", "propagate with a backbone, then score (one command)"),
+    "train-crw": ("train_crw", "train a contrastive random walk model on video"),
     "demo": ("demo", "the end-to-end demo on synthetic data"),
     "build-ops": ("build_ops", "compile the CUDA correlation kernels now (else on first use)"),
 }

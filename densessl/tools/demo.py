@@ -27,24 +27,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the output folder if it exists")
     parser.add_argument("--sequences", type=int, default=12,
-                        help="synthetic sequences; half train, half val (default 12)")
-    parser.add_argument("--frames", type=int, default=20, help="frames per sequence")
+                        help="synthetic sequences; a third val, the rest train (default 12)")
+    parser.add_argument("--frames", type=int, default=16, help="frames per sequence")
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--width", type=int, default=432)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train-minutes", type=float, default=1.5,
+    parser.add_argument("--train-minutes", type=float, default=2.0,
                         help="wall-time budget of the short CRW training (0 = skip)")
     parser.add_argument("--device", default="auto")
     return parser
 
 
-def _train_crw(data_root: Path, run_dir: Path, minutes: float, device: str) -> Path | None:
-    """A short CRW training on the synthetic train split; returns the checkpoint path."""
-    try:
-        from densessl.tools.train_crw import train_for_demo
-    except ImportError:
-        return None
-    return train_for_demo(data_root, run_dir, minutes=minutes, device=device)
+# A CPU-sized CRW recipe: small frames and patches, layer2 features (stride 8), a larger lr.
+_DEMO_CRW_SETTINGS = [
+    "data.target_fps=0", "data.short_side=72", "model.mode=patch", "model.out_layer=layer2",
+    "augment.frame_size=64", "augment.patch_size=16", "augment.patch_stride=8",
+    "train.batch_size=8", "train.lr=1e-3", "train.epochs=1000", "train.num_workers=0",
+    "train.log_every=10", "train.checkpoint_every=100000", "eval.layer=layer2",
+]
+
+
+def _train_crw(data_root: Path, run_dir: Path, minutes: float, device: str) -> Path:
+    """A short CRW training on the synthetic train split; returns the backbone checkpoint."""
+    from densessl.engine.config import load_config
+    from densessl.tools.train_crw import CRWConfig, train
+
+    names = (data_root / "ImageSets" / "2017" / "train.txt").read_text().split()
+    listing = data_root.parent / "train_frames.txt"
+    listing.write_text("".join(f"{data_root / 'JPEGImages' / '480p' / name}\n" for name in names))
+    overrides = [
+        *_DEMO_CRW_SETTINGS, f"data.frames={listing}", f"data.cache_dir={run_dir / 'cache'}",
+        f"train.max_minutes={minutes}", f"train.out_dir={run_dir.parent}",
+        f"train.name={run_dir.name}", f"train.device={device}",
+    ]
+    train(load_config(CRWConfig, None, overrides))
+    return run_dir / "checkpoints" / "backbone.pt"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,21 +94,22 @@ def main(argv: list[str] | None = None) -> int:
             data_root,
             SyntheticConfig(num_sequences=args.sequences, num_frames=args.frames,
                             height=args.height, width=args.width, seed=args.seed,
-                            write_flow=False, num_val=max(1, args.sequences // 2)),
+                            write_flow=False, num_val=max(1, args.sequences // 3)),
         )
         dataset = DavisDataset(data_root, year=2017, split="val")
 
-        methods: dict[str, tuple[str, str | None]] = {
-            "pixels-lab": ("pixels-lab", None),
-            "resnet18-crw (random init)": ("resnet18-crw", None),
+        # name -> (backbone, weights, out_layer); the trained model is compared with the same
+        # network at random init on the same layer.
+        methods: dict[str, tuple[str, str | None, str | None]] = {
+            "pixels-lab": ("pixels-lab", None, None),
+            "resnet18-crw layer3 (random init)": ("resnet18-crw", None, "layer3"),
         }
         if args.train_minutes > 0:
             print(f"[2/4] training CRW for {args.train_minutes:g} min on the train split")
             checkpoint = _train_crw(data_root, out / "crw_run", args.train_minutes, str(device))
-            if checkpoint is None:
-                print("      (CRW training is not available in this installation; skipped)")
-            else:
-                methods["resnet18-crw (CRW-trained)"] = ("resnet18-crw", str(checkpoint))
+            methods["resnet18-crw layer2 (random init)"] = ("resnet18-crw", None, "layer2")
+            methods["resnet18-crw layer2 (CRW-trained)"] = ("resnet18-crw", str(checkpoint),
+                                                            "layer2")
         else:
             print("[2/4] CRW training skipped (--train-minutes 0)")
 
@@ -99,9 +117,10 @@ def main(argv: list[str] | None = None) -> int:
               f"device {device}")
         config = make_config("crw")
         results: dict[str, dict[str, float]] = {}
-        for label, (name, weights) in methods.items():
+        for label, (name, weights, out_layer) in methods.items():
             torch.manual_seed(args.seed)
-            backbone = create_backbone(name, weights=weights)
+            kwargs = {} if out_layer is None else {"out_layer": out_layer}
+            backbone = create_backbone(name, weights=weights, **kwargs)
             folder = out / _slug(label)
             timing = propagate_dataset(backbone, dataset, folder, config, device=device,
                                        overlay_dir=folder / "overlays", progress=False)

@@ -142,3 +142,33 @@ class CRWTrainModel(nn.Module):
         views = self.augment(clip)
         nodes = self.model.nodes(views, self.augment.patch_size)
         return self.model.loss(nodes)
+
+
+@torch.no_grad()
+def walk_metrics(model: CRWTrainModel, clips: Tensor, seed: int = 0, batch_size: int = 8) -> dict[str, float]:
+    """Walk loss and cycle accuracy of held-out clips, in eval mode (no edge dropout).
+
+    Args:
+        model: the training model (augmentation + CRW).
+        clips: uint8 N×T×H×W×3 (or N×T×3×H×W) on the model's device.
+        seed: augmentation seed, so that two models see the same crops (the global RNG state
+            is left as it was).
+
+    Returns:
+        ``{"loss": ..., "cycle_acc": ...}`` averaged over the clips.
+    """
+    was_training = model.training
+    model.eval()
+    devices = [clips.device.index or 0] if clips.device.type == "cuda" else []
+    totals = {"loss": 0.0, "cycle_acc": 0.0}
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            for start in range(0, len(clips), batch_size):
+                batch = clips[start : start + batch_size]
+                _, metrics = model(batch)
+                for key in totals:
+                    totals[key] += float(metrics[key]) * len(batch)
+    finally:
+        model.train(was_training)
+    return {key: value / len(clips) for key, value in totals.items()}

@@ -1,0 +1,416 @@
+"""The training loop shared by every trainer.
+
+A task gives a model whose ``forward(batch) -> (loss, metrics)`` (augmentation included, on the
+device), a dataset with a resumable sampler, and optionally an evaluation callback. The loop
+handles DDP, AMP (bf16/fp16), channels_last, ``torch.compile``, gradient clipping, per-step LR
+schedules, logging (tqdm, ``log.jsonl``, TensorBoard), periodic evaluation, a time budget, and
+checkpoints (``checkpoints/last.pt``, atomic) from which ``resume`` continues exactly: model,
+optimizer, scaler, step, sampler position and every rank's RNG states are restored, so on CPU
+the resumed loss sequence equals an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from densessl.engine.checkpoint import load_checkpoint, save_checkpoint
+from densessl.engine.config import save_config, to_dict
+from densessl.engine.distributed import DistInfo, all_reduce_mean, any_rank, barrier, gather_objects
+from densessl.engine.runlog import RunLogger, truncate_log, write_run_info
+from densessl.engine.schedules import SCHEDULES, lr_factor
+from densessl.engine.seed import capture_rng_state, restore_rng_state, seed_everything
+from densessl.errors import InputError
+
+AMP_MODES = ("none", "bf16", "fp16")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+@dataclass
+class TrainConfig:
+    """The ``train`` section of every training config."""
+
+    name: str = "run"  # runs/<name>/
+    out_dir: str = "runs"
+    seed: int = 0
+    epochs: int = 25
+    max_steps: int = 0  # > 0: total steps instead of epochs × steps per epoch
+    max_minutes: float = 0.0  # > 0: time budget; a final checkpoint is written when it ends
+    stop_after: int = 0  # > 0: end this session after this many steps (resumable), e.g. for tests
+    batch_size: int = 20  # global: split evenly across processes
+    num_workers: int = 4
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    weight_decay: float = 0.0  # not applied to biases and norm parameters
+    momentum: float = 0.9  # SGD only
+    schedule: str = "step"  # constant | step | cosine
+    milestones: list[float] = field(default_factory=lambda: [0.8])  # fractions of training
+    gamma: float = 0.3
+    warmup_steps: int = 0
+    final_lr_factor: float = 0.0  # cosine: final lr / base lr
+    grad_clip: float = 0.0  # > 0: clip the global gradient norm
+    amp: str = "none"  # none | bf16 | fp16
+    channels_last: bool = False
+    compile: bool = False
+    sync_bn: bool = False  # SyncBatchNorm under DDP on CUDA
+    checkpoint_every: int = 1000
+    log_every: int = 20
+    device: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class FitResult:
+    """How a :meth:`Trainer.fit` session ended."""
+
+    step: int
+    total_steps: int
+    reason: str  # "done" | "time" | "stop_after" | "already_done"
+    train_metrics: dict[str, float] = field(default_factory=dict)
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.step >= self.total_steps
+
+
+class ResumableSampler(Protocol):
+    def set_epoch(self, epoch: int) -> None: ...
+    def state_dict(self) -> dict[str, int]: ...
+    def load_state_dict(self, state: dict[str, int]) -> None: ...
+    def __len__(self) -> int: ...
+
+
+def validate_train_config(cfg: TrainConfig, world_size: int = 1) -> None:
+    """Raise InputError for impossible settings, naming the config key."""
+    if cfg.optimizer not in OPTIMIZERS:
+        raise InputError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
+    if cfg.schedule not in SCHEDULES:
+        raise InputError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
+    if cfg.amp not in AMP_MODES:
+        raise InputError(f"train.amp must be one of {', '.join(AMP_MODES)}, got {cfg.amp!r}")
+    if cfg.batch_size < 1 or cfg.batch_size % world_size:
+        raise InputError(f"train.batch_size ({cfg.batch_size}) must be a positive multiple of the {world_size} processes")
+    if cfg.lr <= 0:
+        raise InputError(f"train.lr must be > 0, got {cfg.lr}")
+    if cfg.epochs < 1 and cfg.max_steps < 1:
+        raise InputError("set train.epochs or train.max_steps to at least 1")
+    if cfg.checkpoint_every < 1 or cfg.log_every < 1:
+        raise InputError("train.checkpoint_every and train.log_every must be >= 1")
+
+
+def prepare_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool = False) -> Path:
+    """``<out_dir>/<name>``; refuses to start over an existing run without resume/overwrite."""
+    run_dir = Path(cfg.out_dir) / cfg.name
+    last = run_dir / "checkpoints" / "last.pt"
+    if resume:
+        if not last.is_file():
+            raise InputError("--resume given but there is no checkpoint to resume from", last)
+    elif (run_dir / "log.jsonl").exists() and not overwrite:
+        raise InputError(
+            "a run with this name exists; use --resume to continue it, --overwrite to start over, "
+            "or another train.name",
+            run_dir,
+        )
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam / AdamW / SGD; weight decay only on parameters with more than one dimension."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim > 1 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+class Trainer:
+    """Runs ``model`` over ``dataset`` according to ``cfg``.
+
+    Args:
+        model: ``forward(batch) -> (loss, metrics)``; metrics are scalar tensors (detached).
+        dataset, sampler, collate_fn: the data; the sampler yields this rank's keys and is
+            resumable (``set_epoch``, ``state_dict``, ``load_state_dict``).
+        dist: this process (see :func:`densessl.engine.distributed.init_distributed`).
+        run_dir: from :func:`prepare_run_dir`.
+        resolved_config: the whole config, saved as ``config.yaml`` and in checkpoints.
+        evaluate: ``evaluate(step) -> metrics``, run on the main rank every ``eval_every``
+            steps and at the end (``eval_at_start``: also before training).
+        export: ``export(run_dir)`` on the main rank after each checkpoint (e.g. the backbone).
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model: nn.Module,
+        dataset: Dataset,
+        sampler: ResumableSampler,
+        dist: DistInfo,
+        run_dir: Path,
+        resolved_config: Any,
+        collate_fn: Callable | None = None,
+        evaluate: Callable[[int], dict[str, float]] | None = None,
+        eval_every: int = 0,
+        eval_at_start: bool = False,
+        export: Callable[[Path], None] | None = None,
+    ) -> None:
+        validate_train_config(cfg, dist.world_size)
+        self.cfg = cfg
+        self.dist = dist
+        self.device = dist.device
+        self.run_dir = Path(run_dir)
+        self.resolved_config = to_dict(resolved_config)
+        self.sampler = sampler
+        self.evaluate = evaluate
+        self.eval_every = eval_every
+        self.eval_at_start = eval_at_start
+        self.export = export
+        self.per_rank_batch = cfg.batch_size // dist.world_size
+
+        if cfg.sync_bn and dist.distributed and self.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model.to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(self.model, cfg)
+        for group in self.optimizer.param_groups:
+            group["base_lr"] = group["lr"]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
+        train_model: nn.Module = self.model
+        if dist.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if cfg.compile:
+            train_model = torch.compile(train_model)
+        self.train_model = train_model
+
+        self.loader_generator = torch.Generator()
+        self.loader = DataLoader(
+            dataset,
+            batch_size=self.per_rank_batch,
+            sampler=sampler,
+            num_workers=cfg.num_workers,
+            collate_fn=collate_fn,
+            pin_memory=self.device.type == "cuda",
+            drop_last=True,
+            generator=self.loader_generator,
+            persistent_workers=cfg.num_workers > 0,
+        )
+        self.steps_per_epoch = len(sampler) // self.per_rank_batch
+        if self.steps_per_epoch < 1:
+            raise InputError(
+                f"the data gives {len(sampler)} samples per process per epoch, fewer than one batch of "
+                f"{self.per_rank_batch}: lower train.batch_size or add data"
+            )
+        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * self.steps_per_epoch
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.logger: RunLogger | None = None
+
+    # ----------------------------------------------------------------------------- state
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
+
+    def state_dict(self, rng_states: list[Any]) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": {"step": self.step, "total_steps": self.total_steps},
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "sampler": {"epoch": self.epoch, "position": self.batch_in_epoch * self.per_rank_batch},
+            "rng": rng_states,
+            "world_size": self.dist.world_size,
+            "config": self.resolved_config,
+        }
+
+    def save(self) -> None:
+        """Checkpoint (collective: every rank must call it at the same step)."""
+        rng_states = gather_objects(capture_rng_state())
+        if self.dist.is_main:
+            save_checkpoint(self.state_dict(rng_states), self.checkpoint_path)
+            if self.export is not None:
+                self.export(self.run_dir)
+        barrier()
+
+    def load(self, path: Path) -> None:
+        state = load_checkpoint(path, map_location="cpu")
+        missing = {"model", "optimizer", "step", "sampler", "rng"} - set(state)
+        if missing:
+            raise InputError(f"not a training checkpoint (missing {', '.join(sorted(missing))})", path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.epoch = int(state["sampler"]["epoch"])
+        self.batch_in_epoch = int(state["sampler"]["position"]) // self.per_rank_batch
+        rng = state["rng"]
+        if len(rng) == self.dist.world_size:
+            restore_rng_state(rng[self.dist.rank])
+        else:  # different number of processes: continue, but not bit-exactly
+            seed_everything(self.cfg.seed + 1000 * self.step, self.dist.rank)
+
+    # ------------------------------------------------------------------------------ loop
+    def _set_lr(self) -> float:
+        factor = lr_factor(
+            self.step, self.total_steps, self.cfg.schedule, self.cfg.milestones, self.cfg.gamma,
+            self.cfg.warmup_steps, self.cfg.final_lr_factor,
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        return self.optimizer.param_groups[0]["lr"]
+
+    def _train_step(self, batch: Any) -> dict[str, Tensor]:
+        cfg = self.cfg
+        lr = self._set_lr()
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+        with torch.autocast(self.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            loss, metrics = self.train_model(batch)
+        self.scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip).detach()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics = dict(metrics)
+        metrics.setdefault("loss", loss.detach())
+        metrics["lr"] = torch.tensor(lr)
+        return metrics
+
+    def _run_eval(self) -> dict[str, float]:
+        results: dict[str, float] = {}
+        if self.evaluate is not None and self.dist.is_main:
+            was_training = self.model.training
+            self.model.eval()
+            with torch.no_grad():
+                results = {k: float(v) for k, v in self.evaluate(self.step).items()}
+            self.model.train(was_training)
+            if self.logger is not None:
+                self.logger.log(self.step, results, kind="eval")
+        barrier()
+        return results
+
+    def fit(self, resume: bool = False) -> FitResult:
+        """Train to ``total_steps`` (or until the time budget / ``stop_after``)."""
+        cfg = self.cfg
+        seed_everything(cfg.seed, self.dist.rank)
+        if resume:
+            self.load(self.checkpoint_path)
+        if self.dist.is_main:
+            if resume:
+                truncate_log(self.run_dir / "log.jsonl", self.step)
+            else:
+                (self.run_dir / "log.jsonl").unlink(missing_ok=True)
+            save_config(self.resolved_config, self.run_dir / "config.yaml")
+            write_run_info(self.run_dir, self.dist.world_size)
+        self.logger = RunLogger(self.run_dir, enabled=self.dist.is_main)
+        result = FitResult(self.step, self.total_steps, "done")
+        try:
+            if self.step >= self.total_steps:
+                result.reason = "already_done"
+                return result
+            if self.eval_at_start and self.step == 0 and self.evaluate is not None:
+                result.eval_metrics = self._run_eval()
+            result = self._loop(result)
+        finally:
+            self.logger.close()
+        return result
+
+    def _loop(self, result: FitResult) -> FitResult:
+        cfg = self.cfg
+        start_time = time.monotonic()
+        session_steps = 0
+        window: dict[str, Tensor] = {}
+        window_steps = 0
+        window_start = time.monotonic()
+        progress = None
+        if self.dist.is_main and cfg.progress:
+            from tqdm import tqdm
+
+            progress = tqdm(total=self.total_steps, initial=self.step, desc=cfg.name, unit="step", dynamic_ncols=True)
+        self.model.train()
+        stop_reason = ""
+        try:
+            while self.step < self.total_steps and not stop_reason:
+                self.sampler.set_epoch(self.epoch)
+                self.sampler.load_state_dict({"epoch": self.epoch, "position": self.batch_in_epoch * self.per_rank_batch})
+                self.loader_generator.manual_seed(cfg.seed * 100_003 + self.epoch * 1009 + self.dist.rank)
+                for batch in self.loader:
+                    metrics = self._train_step(_to_device(batch, self.device))
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    session_steps += 1
+                    window_steps += 1
+                    for key, value in metrics.items():
+                        value = value.detach().float().to(self.device)
+                        window[key] = window[key] + value if key in window else value
+                    if progress is not None:
+                        progress.update(1)
+
+                    if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                        elapsed = time.monotonic() - window_start
+                        values = all_reduce_mean({k: (v / window_steps).item() for k, v in window.items()}, self.device)
+                        if not math.isfinite(values.get("loss", 0.0)):
+                            raise RuntimeError(f"the loss is not finite at step {self.step}: {values['loss']}")
+                        values["epoch"] = self.epoch
+                        values["samples_per_s"] = window_steps * cfg.batch_size / max(elapsed, 1e-9)
+                        self.logger.log(self.step, values)
+                        result.train_metrics = values
+                        if progress is not None:
+                            progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}")
+                        window, window_steps, window_start = {}, 0, time.monotonic()
+
+                    if self.eval_every > 0 and self.step % self.eval_every == 0 and self.step < self.total_steps:
+                        result.eval_metrics = self._run_eval()
+
+                    out_of_time = cfg.max_minutes > 0 and time.monotonic() - start_time > cfg.max_minutes * 60
+                    if any_rank(out_of_time, self.device):
+                        stop_reason = "time"
+                    elif cfg.stop_after > 0 and session_steps >= cfg.stop_after:
+                        stop_reason = "stop_after"
+                    done = self.step >= self.total_steps
+                    if self.step % cfg.checkpoint_every == 0 or done or stop_reason:
+                        self.save()
+                    if done or stop_reason:
+                        break
+                else:
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+        finally:
+            if progress is not None:
+                progress.close()
+        result.step = self.step
+        result.reason = stop_reason or "done"
+        if not stop_reason and self.evaluate is not None:
+            result.eval_metrics = self._run_eval()
+        return result

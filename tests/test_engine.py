@@ -1,0 +1,312 @@
+"""The training engine: configs, schedules, checkpoints, RNG state, exact resume, DDP, time budget."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import Dataset
+
+from densessl.augment.crw import CRWAugment, clip_to_float
+from densessl.datasets.video import ClipSampler
+from densessl.engine.checkpoint import load_checkpoint, save_checkpoint
+from densessl.engine.config import apply_overrides, from_dict, load_config, to_dict
+from densessl.engine.distributed import DistInfo, cleanup_distributed, init_distributed
+from densessl.engine.schedules import cosine_schedule, lr_factor
+from densessl.engine.seed import capture_rng_state, restore_rng_state, seed_everything
+from densessl.engine.trainer import TrainConfig, Trainer, prepare_run_dir
+from densessl.errors import InputError
+from densessl.video.crw import CRW
+
+
+# ------------------------------------------------------------------------------------- config
+@dataclass
+class Inner:
+    size: int = 3
+    scale: tuple[float, float] = (0.5, 1.0)
+    path: str | None = None
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class Outer:
+    lr: float = 0.1
+    flag: bool = False
+    names: list[str] = field(default_factory=lambda: ["a"])
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_config_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 1e-4\ninner:\n  size: 5\n")
+    cfg = load_config(Outer, path, ["flag=true", "inner.scale=[0.2, 0.3]", "names=[x, y]",
+                                    "inner.path=/tmp/x", "inner.options.radius=4", "lr=3e-4"])
+    assert cfg.lr == pytest.approx(3e-4) and isinstance(cfg.lr, float)
+    assert cfg.flag is True and cfg.names == ["x", "y"]
+    assert cfg.inner == Inner(size=5, scale=(0.2, 0.3), path="/tmp/x", options={"radius": 4})
+    assert load_config(Outer, path).lr == pytest.approx(1e-4)  # YAML's "1e-4" string → float
+    assert from_dict(Outer, to_dict(cfg)) == cfg
+    assert load_config(Outer, None, ["inner.path=null"]).inner.path is None
+
+
+def test_config_errors_name_the_key_and_list_valid_keys(tmp_path):
+    with pytest.raises(InputError, match=r"inner\.sise.*valid keys under inner: options, path, scale, size"):
+        load_config(Outer, None, ["inner.sise=4"])
+    with pytest.raises(InputError, match="'lrr'.*flag, inner, lr, names"):
+        load_config(Outer, None, ["lrr=1"])
+    with pytest.raises(InputError, match=r"inner\.size.*integer"):
+        load_config(Outer, None, ["inner.size=big"])
+    with pytest.raises(InputError, match="key=value"):
+        load_config(Outer, None, ["lr"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("inner:\n  colour: 3\n")
+    with pytest.raises(InputError, match=r"bad\.yaml.*inner\.colour"):
+        load_config(Outer, bad)
+    bad.write_text("lr: [1\n")
+    with pytest.raises(InputError, match=r"bad\.yaml"):
+        load_config(Outer, bad)
+    with pytest.raises(InputError, match="does not exist"):
+        load_config(Outer, tmp_path / "missing.yaml")
+    with pytest.raises(InputError, match="no sub-keys"):
+        apply_overrides(Outer, to_dict(Outer()), ["lr.x=1"])
+
+
+def test_crw_default_config_is_the_paper_recipe():
+    from densessl.tools.train_crw import CRWConfig
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(CRWConfig, root / "configs" / "crw.yaml")
+    assert cfg == load_config(CRWConfig)  # the YAML spells out the built-in defaults
+    assert (cfg.train.optimizer, cfg.train.lr, cfg.train.batch_size, cfg.train.epochs) == ("adam", 1e-4, 20, 25)
+    assert (cfg.train.milestones, cfg.train.gamma, cfg.train.weight_decay) == ([0.8], 0.3, 0.0)
+    assert (cfg.model.temperature, cfg.model.edge_dropout, cfg.model.out_layer) == (0.05, 0.1, "layer4")
+    assert (cfg.data.clip_len, cfg.data.target_fps, cfg.data.clips_per_video) == (4, 8.0, 5)
+    assert (cfg.augment.frame_size, cfg.augment.patch_size, cfg.augment.patch_stride) == (256, 64, 32)
+    assert cfg.augment.crop_scale == (0.8, 0.95) and cfg.augment.patch_scale == (0.7, 0.9)
+
+
+# ---------------------------------------------------------------------------------- schedules
+def test_step_schedule_drops_at_eighty_percent():
+    factors = [lr_factor(s, 25, "step", [0.8], 0.3) for s in range(25)]
+    assert factors[:20] == [1.0] * 20 and factors[20:] == pytest.approx([0.3] * 5)
+    assert lr_factor(9, 10, "step", [0.5, 0.8], 0.1) == pytest.approx(0.01)
+
+
+def test_cosine_and_warmup():
+    assert lr_factor(0, 100, "cosine", warmup_steps=0) == pytest.approx(1.0)
+    assert lr_factor(50, 100, "cosine") == pytest.approx(0.5)
+    assert lr_factor(100, 100, "cosine", final_factor=0.1) == pytest.approx(0.1)
+    warm = [lr_factor(s, 100, "constant", warmup_steps=4) for s in range(6)]
+    assert warm == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
+    values = cosine_schedule(1.0, 0.0, 10, warmup_steps=2)
+    assert len(values) == 10 and values[0] == 0.0 and values[2] == pytest.approx(1.0)
+    assert np.all(np.diff(values[2:]) <= 0)
+    with pytest.raises(ValueError):
+        lr_factor(0, 10, "linear")
+
+
+# ---------------------------------------------------------------------------- checkpoints, RNG
+def test_checkpoint_atomic_and_weights_only(tmp_path):
+    path = tmp_path / "ck" / "last.pt"
+    save_checkpoint({"a": torch.ones(2), "step": 3, "nested": {"x": [1, 2.5, "s"]}}, path)
+    save_checkpoint({"a": torch.zeros(2), "step": 4}, path)  # replaces
+    state = load_checkpoint(path)
+    assert state["step"] == 4 and torch.equal(state["a"], torch.zeros(2))
+    assert sorted(os.listdir(path.parent)) == ["last.pt"]  # no temporary files left
+    path.write_bytes(b"garbage")
+    with pytest.raises(InputError, match="last.pt"):
+        load_checkpoint(path)
+    with pytest.raises(InputError, match="does not exist"):
+        load_checkpoint(tmp_path / "none.pt")
+
+
+def test_rng_state_round_trip(tmp_path):
+    seed_everything(5)
+    state = capture_rng_state()
+    save_checkpoint({"rng": state}, tmp_path / "r.pt")
+    first = (random.random(), np.random.rand(), torch.rand(3))
+    seed_everything(99)
+    restore_rng_state(load_checkpoint(tmp_path / "r.pt")["rng"])
+    second = (random.random(), np.random.rand(), torch.rand(3))
+    assert first[0] == second[0] and first[1] == second[1] and torch.equal(first[2], second[2])
+
+
+# --------------------------------------------------------------------------------- the loop
+class TinyBackbone(nn.Module):
+    stride = 2
+    out_channels = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        # GroupNorm, not BatchNorm: per-sample normalisation keeps DDP equal to one big batch
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.GroupNorm(2, 8), nn.ReLU(), nn.Conv2d(8, 8, 3, 1, 1))
+
+    def features(self, x):
+        return self.net(x)
+
+
+class ToyCRW(nn.Module):
+    """Dense-mode CRW on 16×16 frames; random crops + edge dropout when ``random`` is set."""
+
+    def __init__(self, random: bool) -> None:
+        super().__init__()
+        self.augment = CRWAugment(frame_size=16, patch_size=8, patch_stride=8, with_patches=False) if random else None
+        self.crw = CRW(TinyBackbone(), mode="dense", embed_dim=8, temperature=0.1, edge_dropout=0.1 if random else 0.0)
+
+    def forward(self, clip):
+        frames = self.augment(clip).frames if self.augment is not None else clip_to_float(clip)
+        return self.crw.loss(self.crw.nodes_from_frames(frames))
+
+
+class ToyClips(Dataset):
+    """uint8 clips 3×H×W×3 determined by the (video, start) key."""
+
+    def __init__(self, size: int = 16) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, key):
+        g = torch.Generator().manual_seed(100 * key[0] + key[1])
+        base = torch.randint(0, 256, (3, 4, 4), generator=g, dtype=torch.uint8)
+        frame = torch.nn.functional.interpolate(base[None].float(), size=(self.size, self.size), mode="bilinear")[0]
+        clip = torch.stack([torch.roll(frame, shifts=t, dims=2) for t in range(3)])  # moving pattern
+        return clip.permute(0, 2, 3, 1).round().clamp(0, 255).to(torch.uint8)
+
+
+def make_trainer(tmp_path, name, resume=False, random=True, dist=None, **overrides):
+    cfg = TrainConfig(name=name, out_dir=str(tmp_path / "runs"), max_steps=6, batch_size=4, num_workers=0,
+                      lr=1e-2, milestones=[0.5], log_every=1, checkpoint_every=2, progress=False, seed=7)
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    dist = dist or DistInfo()
+    run_dir = prepare_run_dir(cfg, resume=resume)
+    seed_everything(0)
+    model = ToyCRW(random)
+    sampler = ClipSampler([3, 3, 3, 3], clips_per_video=2, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size)
+    return Trainer(cfg, model, ToyClips(), sampler, dist, run_dir, {"train": to_dict(cfg)})
+
+
+def train_losses(run_dir: Path) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if r["kind"] == "train"]
+
+
+def test_resume_continues_exactly(tmp_path):
+    full = make_trainer(tmp_path, "full")
+    assert full.steps_per_epoch == 2  # 8 clips per epoch: the 6 steps cross two epoch boundaries
+    result = full.fit()
+    assert result.reason == "done" and result.step == 6
+    reference = train_losses(full.run_dir)
+    assert [s for s, _ in reference] == [1, 2, 3, 4, 5, 6]
+
+    part = make_trainer(tmp_path, "part", stop_after=3)  # interrupted in the middle of epoch 1
+    assert part.fit().reason == "stop_after"
+    state = load_checkpoint(part.run_dir / "checkpoints" / "last.pt")
+    assert state["step"] == 3 and state["sampler"] == {"epoch": 1, "position": 4}
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "config"} <= set(state)
+    with open(part.run_dir / "log.jsonl", "a") as handle:  # a line logged after the checkpoint
+        handle.write(json.dumps({"step": 4, "kind": "train", "loss": -1.0}) + "\n")
+
+    resumed = make_trainer(tmp_path, "part", resume=True)
+    assert resumed.fit(resume=True).reason == "done"
+    assert train_losses(part.run_dir) == reference  # bit-identical on CPU
+    a = load_checkpoint(full.run_dir / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(part.run_dir / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the learning rate followed the schedule (×0.3 from step 3 of 6)
+    lrs = [json.loads(l)["lr"] for l in (part.run_dir / "log.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([1e-2, 1e-2, 1e-2, 3e-3, 3e-3, 3e-3])
+    for name in ("config.yaml", "git.json", "environment.json"):
+        assert (part.run_dir / name).is_file()
+    assert yaml.safe_load((part.run_dir / "config.yaml").read_text())["train"]["name"] == "part"
+
+
+def test_run_folder_protection(tmp_path):
+    make_trainer(tmp_path, "r", max_steps=1).fit()
+    with pytest.raises(InputError, match="--resume"):
+        make_trainer(tmp_path, "r")
+    with pytest.raises(InputError, match="no checkpoint"):
+        make_trainer(tmp_path, "fresh", resume=True)
+    assert make_trainer(tmp_path, "r", resume=True, max_steps=1).fit(resume=True).reason == "already_done"
+
+
+def test_time_budget_writes_a_final_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, "timed", max_minutes=1e-9, max_steps=50)
+    result = trainer.fit()
+    assert result.reason == "time" and result.step == 1
+    assert load_checkpoint(trainer.checkpoint_path)["step"] == 1
+
+
+def test_amp_clipping_and_periodic_evaluation(tmp_path):
+    calls = []
+    trainer = make_trainer(tmp_path, "amp", amp="bf16", grad_clip=0.5, max_steps=4)
+    trainer.evaluate = lambda step: calls.append(step) or {"score": float(step)}
+    trainer.eval_every = 2
+    result = trainer.fit()
+    assert calls == [2, 4] and result.eval_metrics == {"score": 4.0}
+    rows = [json.loads(l) for l in (trainer.run_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["score"] for r in rows if r["kind"] == "eval"] == [2.0, 4.0]
+    assert all(math.isfinite(r["grad_norm"]) for r in rows if r["kind"] == "train")
+    fp16 = make_trainer(tmp_path, "fp16", amp="fp16", max_steps=1)
+    fp16.fit()
+    assert "scale" in load_checkpoint(fp16.checkpoint_path)["scaler"]
+
+
+def test_bad_train_settings_are_input_errors(tmp_path):
+    with pytest.raises(InputError, match="train.amp"):
+        make_trainer(tmp_path, "x", amp="fp8")
+    with pytest.raises(InputError, match="batch"):
+        make_trainer(tmp_path, "y", batch_size=64)  # more than one epoch's clips
+
+
+# ---------------------------------------------------------------------------------------- DDP
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, tmp_path: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist = init_distributed("cpu")
+    try:
+        trainer = make_trainer(Path(tmp_path), "ddp", random=False, dist=dist, max_steps=1,
+                               optimizer="sgd", momentum=0.0, lr=1.0)
+        trainer.fit()
+    finally:
+        cleanup_distributed()
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one_process_on_the_combined_batch(tmp_path):
+    """SGD with lr 1 and no momentum: the parameter change after one step is the gradient."""
+    import torch.multiprocessing as mp
+
+    torch.set_num_threads(1)
+    single = make_trainer(tmp_path, "single", random=False, max_steps=1, optimizer="sgd", momentum=0.0, lr=1.0)
+    initial = {k: v.clone() for k, v in single.model.state_dict().items()}
+    single.fit()
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+
+    one = load_checkpoint(tmp_path / "runs" / "single" / "checkpoints" / "last.pt")["model"]
+    two = load_checkpoint(tmp_path / "runs" / "ddp" / "checkpoints" / "last.pt")["model"]
+    assert load_checkpoint(tmp_path / "runs" / "ddp" / "checkpoints" / "last.pt")["world_size"] == 2
+    for key, start in initial.items():
+        grad_one = start - one[key]
+        grad_two = start - two[key]
+        assert grad_one.abs().max() > 0 or key.endswith("bias")
+        torch.testing.assert_close(grad_two, grad_one, atol=1e-5, rtol=1e-4)
