@@ -54,7 +54,8 @@ def _train_crw(data_root: Path, run_dir: Path, minutes: float, device: str) -> P
 
     names = (data_root / "ImageSets" / "2017" / "train.txt").read_text().split()
     listing = data_root.parent / "train_frames.txt"
-    listing.write_text("".join(f"{data_root / 'JPEGImages' / '480p' / name}\n" for name in names))
+    frames_root = (data_root / "JPEGImages" / "480p").resolve()  # list entries: absolute
+    listing.write_text("".join(f"{frames_root / name}\n" for name in names))
     overrides = [
         *_DEMO_CRW_SETTINGS, f"data.frames={listing}", f"data.cache_dir={run_dir / 'cache'}",
         f"train.max_minutes={minutes}", f"train.out_dir={run_dir.parent}",
