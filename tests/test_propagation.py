@@ -16,6 +16,7 @@ from densessl.video.propagation import (
     mask_to_soft_labels,
     processing_size,
     propagate_labels,
+    channel_argmax,
     soft_labels_to_ids,
 )
 
@@ -237,3 +238,10 @@ def test_bf16_search_with_rescoring_matches_fp32(protocol):
     agree = (exact.argmax(1) == fast.argmax(1)).float().mean().item()
     assert agree >= 0.999
     assert (exact - fast).abs().max() < 0.05
+
+
+def test_channel_argmax_equals_torch_argmax_including_ties():
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 4, (5, 30, 40), generator=generator).float()  # many ties
+    assert torch.equal(channel_argmax(scores), scores.argmax(0))
+    assert torch.equal(channel_argmax(scores[:1]), torch.zeros(30, 40, dtype=torch.long))

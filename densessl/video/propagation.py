@@ -331,6 +331,20 @@ def mask_to_soft_labels(
     return F.interpolate(one_hot[None], size=size, mode="nearest-exact")[0]
 
 
+def channel_argmax(scores: Tensor) -> Tensor:
+    """``argmax`` over dim 0 of ``K×H×W`` scores (first maximum wins, as ``torch.argmax``).
+
+    A loop over the few channels is ~30× faster on CPUs than ``argmax`` along a strided dim.
+    """
+    best, index = scores[0].clone(), torch.zeros(scores.shape[1:], dtype=torch.long,
+                                                 device=scores.device)
+    for channel in range(1, scores.shape[0]):
+        better = scores[channel] > best
+        best = torch.where(better, scores[channel], best)
+        index[better] = channel
+    return index
+
+
 def soft_labels_to_ids(
     soft: Tensor,
     output_size: tuple[int, int],
@@ -350,7 +364,7 @@ def soft_labels_to_ids(
         high = up.amax(dim=(1, 2), keepdim=True)
         scaled = (up - low) / (high - low).clamp_min(torch.finfo(up.dtype).tiny)
         up = torch.where(high > 0, scaled, up)
-    channel = up.argmax(0)
+    channel = channel_argmax(up)
     if tuple(channel.shape) != tuple(output_size):
         channel = F.interpolate(
             channel[None, None].float(), size=output_size, mode="nearest"
