@@ -60,7 +60,7 @@ def make_davis_evaluator(
         raise InputError("eval.davis_root is not a folder", root)
 
     def evaluate(step: int) -> dict[str, float]:
-        from densessl.video.propagation import evaluate_backbone_on_davis
+        from densessl.video.davis_propagation import evaluate_backbone_on_davis
 
         out_dir = run_dir / "eval" / f"step_{step:07d}" if cfg.save_predictions else None
         backbone = eval_backbone()

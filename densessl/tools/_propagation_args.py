@@ -94,7 +94,12 @@ def build_backbone(args: argparse.Namespace):
     return create_backbone(args.backbone, weights=args.weights, **kwargs)
 
 
-def sequence_list(args: argparse.Namespace) -> list[str] | None:
-    if not args.sequences:
-        return None
-    return [name.strip() for name in args.sequences.split(",") if name.strip()]
+def dataset_from_args(args: argparse.Namespace):
+    """The DAVIS set named by the data options (``--davis-root``, ``--year``, ``--set`` ...)."""
+    from densessl.datasets.davis import DavisDataset
+
+    sequences = None
+    if args.sequences:
+        sequences = [name.strip() for name in args.sequences.split(",") if name.strip()]
+    return DavisDataset(args.davis_root, year=args.year, split=args.split,
+                        resolution=args.resolution, sequences=sequences)

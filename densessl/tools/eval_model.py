@@ -19,7 +19,7 @@ from densessl.tools._propagation_args import (
     add_protocol_args,
     build_backbone,
     config_from_args,
-    sequence_list,
+    dataset_from_args,
 )
 from densessl.tools.propagate import prepare_output
 
@@ -43,13 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        from densessl.datasets.davis import DavisDataset
         from densessl.eval.davis_metrics import evaluate_results
         from densessl.video.davis_propagation import propagate_dataset, save_settings
 
         config = config_from_args(args)
-        dataset = DavisDataset(args.davis_root, year=args.year, split=args.split,
-                               resolution=args.resolution, sequences=sequence_list(args))
+        dataset = dataset_from_args(args)
         with tempfile.TemporaryDirectory(prefix="densessl-eval-") as scratch:
             out = Path(args.out) if args.out else Path(scratch)
             prepare_output(out, args.overwrite, Path(args.davis_root))

@@ -19,7 +19,7 @@ from densessl.tools._propagation_args import (
     add_protocol_args,
     build_backbone,
     config_from_args,
-    sequence_list,
+    dataset_from_args,
 )
 
 
@@ -53,12 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        from densessl.datasets.davis import DavisDataset
         from densessl.video.davis_propagation import propagate_dataset, save_settings
 
         config = config_from_args(args)
-        dataset = DavisDataset(args.davis_root, year=args.year, split=args.split,
-                               resolution=args.resolution, sequences=sequence_list(args))
+        dataset = dataset_from_args(args)
         out = Path(args.out)
         prepare_output(out, args.overwrite, Path(args.davis_root))
         backbone = build_backbone(args)

@@ -182,13 +182,13 @@ def _write_overlays(
     picks = sorted({int(i) for i in picks})
     save_overlay_strip(
         overlay_dir / f"{sequence.name}.png",
-        [read_rgb(sequence.frame_paths[i]) for i in picks],
+        [sequence.frame(i) for i in picks],
         [masks[i] for i in picks],
     )
     if video:
         writer = OverlayVideoWriter(overlay_dir / f"{sequence.name}.mp4", masks.shape[1:])
         for index in range(sequence.num_frames):
-            writer.write(read_rgb(sequence.frame_paths[index]), masks[index])
+            writer.write(sequence.frame(index), masks[index])
         writer.close()
 
 

@@ -173,7 +173,7 @@ class _ContextTopK:
         self, query_tiles: Tensor | None, query: Tensor, key_frame: Tensor, frame_index: int
     ) -> tuple[Tensor, Tensor]:
         """Top-k of the query frame against one earlier frame under the window (if any)."""
-        if query_tiles is None or self.windowed is None:
+        if self.windowed is None:
             return self._dense_topk(query, key_frame)
         key_tiles = self._key_tiles.get(frame_index)
         if key_tiles is None:
@@ -371,11 +371,3 @@ def soft_labels_to_ids(
         )[0, 0].long()
     lookup = torch.as_tensor(list(label_ids), dtype=torch.uint8, device=channel.device)
     return lookup[channel].cpu().numpy()
-
-
-def evaluate_backbone_on_davis(*args, **kwargs) -> dict[str, float]:
-    """Propagate and score on a DAVIS-style set; see
-    :func:`densessl.video.davis_propagation.evaluate_backbone_on_davis`."""
-    from densessl.video.davis_propagation import evaluate_backbone_on_davis as evaluate
-
-    return evaluate(*args, **kwargs)
