@@ -29,6 +29,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_propagation.py
 	$(PY) benchmarks/bench_correlation.py
 	$(PY) benchmarks/bench_crw.py
+	$(PY) benchmarks/bench_flow.py
+	$(PY) benchmarks/bench_motion_vos.py
+	$(PY) benchmarks/bench_crf.py
 
 clean:
 	rm -rf $(VENV) demo_out runs

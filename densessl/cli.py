@@ -15,7 +15,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-results": ("eval_davis", "score a folder of DAVIS result PNGs (official J&F)"),
     "propagate": ("propagate", "propagate first-frame masks with a backbone's features"),
     "eval-davis": ("eval_model", "propagate with a backbone, then score (one command)"),
+    "compute-flow": ("compute_flow", "compute and cache DIS optical flow for DAVIS-style videos"),
     "train-crw": ("train_crw", "train a contrastive random walk model on video"),
+    "train-motion-vos": ("train_motion_vos", "train a CIS motion segmentation model on cached flow"),
+    "eval-motion-vos": ("eval_motion_vos", "segment moving objects from flow and score (DAVIS-2016 unsupervised)"),
     "demo": ("demo", "the end-to-end demo on synthetic data"),
     "build-ops": ("build_ops", "compile the CUDA correlation kernels now (else on first use)"),
 }

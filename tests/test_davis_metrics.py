@@ -473,10 +473,22 @@ def test_davis2016_unsupervised_merges_foreground():
         assert row[column] == pytest.approx(want[column], abs=1e-9)
 
 
-def test_unsupervised_requires_2016_and_sequences_need_three_frames():
+def test_unsupervised_on_2017_layout_merges_objects_and_keeps_void_background():
+    rng = np.random.default_rng(11)
+    gt = rng.integers(0, 4, size=(6, 12, 15)).astype(np.uint8)
+    gt[rng.random(gt.shape) < 0.1] = 255  # void
+    pred = np.where(rng.random(gt.shape) < 0.8, (gt != 0) & (gt != 255), rng.random(gt.shape) < 0.5)
+    pred = pred.astype(np.uint8) * rng.integers(1, 3, size=gt.shape).astype(np.uint8)
+    (got,) = evaluate_sequence_masks(gt, pred, task="unsupervised", year=2017, sequence="m")
+    fg = (gt != 0) & (gt != 255)
+    js = [naive_j(fg[t], pred[t] != 0) for t in range(1, 5)]
+    fs = [naive_f(fg[t], pred[t] != 0) for t in range(1, 5)]
+    assert (got.j_mean, got.j_recall, got.j_decay) == pytest.approx(naive_stats(js))
+    assert (got.f_mean, got.f_recall, got.f_decay) == pytest.approx(naive_stats(fs))
+
+
+def test_bad_task_and_sequences_need_three_frames():
     gt = np.zeros((4, 5, 5), dtype=np.uint8)
-    with pytest.raises(InputError, match="2016"):
-        evaluate_sequence_masks(gt, gt, task="unsupervised", year=2017)
     with pytest.raises(InputError, match="task"):
         evaluate_sequence_masks(gt, gt, task="fully-supervised")
     with pytest.raises(InputError, match="at least 3"):

@@ -202,7 +202,6 @@ def test_bad_input_exits_2_with_one_line_naming_the_file(tiny_davis, tmp_path, c
         "results folder not found",
     )
     _expect_error(capsys, base + ["--year", 2016], "ImageSets/480p/val.txt", "year=2017")
-    _expect_error(capsys, base + ["--task", "unsupervised"], "2016")
     assert tree_hash(tiny_davis) == before
 
     # an empty sequence list file (on a copy: the dataset itself is never written)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ from densessl.cli import main as cli_main
 from densessl.datasets.davis import DavisDataset, read_result_masks
 from densessl.datasets.palette import read_id_png
 from densessl.models.backbones import create_backbone
-from densessl.tools.eval_model import main as eval_main
 from densessl.tools.propagate import main as propagate_main
 from densessl.video.davis_propagation import evaluate_backbone_on_davis, propagate_sequence
 from densessl.video.propagation import make_config

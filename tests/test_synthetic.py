@@ -170,15 +170,16 @@ def _canonical_naive(layer, t: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     if d is not None:
         for axis in range(2):
             for j in range(d.amp.shape[1]):
-                phase = u @ d.k[axis, j] + d.rate[axis, j] * t + d.phase[axis, j]
+                phase = u @ d.k[axis, j] + d.rate[axis, j] * t * d.time_scale + d.phase[axis, j]
                 c[:, axis] += d.amp[axis, j] * np.sin(phase)
     return c
 
 
-def test_flow_maps_each_point_to_the_same_canonical_point():
+@pytest.mark.parametrize("motion_scale", [1.0, 2.5])
+def test_flow_maps_each_point_to_the_same_canonical_point(motion_scale):
     """Definition of the ground truth: the layer visible at p in frame t shows, at p + flow in
     frame t+1, the same point of its texture: g_{t+1}(p + flow(p)) = g_t(p)."""
-    config = dataclasses.replace(SMALL, num_frames=6)
+    config = dataclasses.replace(SMALL, num_frames=6, motion_scale=motion_scale)
     checked = 0
     for index in range(4):
         scene = synthetic._build_scene(config, synthetic._rngs(config, index)[0])
@@ -194,6 +195,16 @@ def test_flow_maps_each_point_to_the_same_canonical_point():
                 assert np.abs(after - before).max() < 0.005, (index, t, k)
                 checked += xs.size
     assert checked == 4 * 5 * 64 * 112
+
+
+def test_motion_scale_keeps_the_first_frame_and_speeds_up_motion():
+    slow = generate_sequence(dataclasses.replace(SMALL, num_frames=3), 1, photometric=False)
+    fast = generate_sequence(dataclasses.replace(SMALL, num_frames=3, motion_scale=3.0), 1, photometric=False)
+    assert np.array_equal(slow.frames[0], fast.frames[0])
+    speed = lambda seq: float(np.linalg.norm(seq.flows[0], axis=-1).mean())  # noqa: E731
+    assert speed(fast) > 2.0 * speed(slow)
+    with pytest.raises(InputError, match="motion_scale"):
+        dataclasses.replace(SMALL, motion_scale=0.0).validate()
 
 
 def test_config_validation_names_the_setting():

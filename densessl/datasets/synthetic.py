@@ -69,6 +69,7 @@ class SyntheticConfig:
     fps: float = 24.0
     workers: int = 0
     num_val: int | None = None
+    motion_scale: float = 1.0  # scene time between frames: 2.0 doubles every motion per frame
 
     def validate(self) -> None:
         """Raise :class:`InputError` naming the first bad setting."""
@@ -98,6 +99,8 @@ class SyntheticConfig:
             raise bad("jpeg_quality", f"must lie in [1, 100], got {self.jpeg_quality}")
         if not self.fps > 0:
             raise bad("fps", f"must be positive, got {self.fps}")
+        if not self.motion_scale > 0:
+            raise bad("motion_scale", f"must be positive, got {self.motion_scale}")
         if self.workers < 0:
             raise bad("workers", f"must be ≥ 0 (0 = automatic), got {self.workers}")
 
@@ -254,8 +257,9 @@ class _Deformation:
 
     amp: np.ndarray  # 2×J
     k: np.ndarray  # 2×J×2
-    rate: np.ndarray  # 2×J
+    rate: np.ndarray  # 2×J, per unit of scene time
     phase: np.ndarray  # 2×J
+    time_scale: float = 1.0  # scene time per frame
 
     def __call__(self, ux: np.ndarray, uy: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
         out = []
@@ -264,7 +268,7 @@ class _Deformation:
             for j in range(self.amp.shape[1]):
                 # Python floats keep float32 arrays float32 (NumPy scalars would promote).
                 arg = float(self.k[d, j, 0]) * ux + float(self.k[d, j, 1]) * uy
-                arg += float(self.rate[d, j] * t + self.phase[d, j])
+                arg += float(self.rate[d, j] * t * self.time_scale + self.phase[d, j])
                 total += float(self.amp[d, j]) * np.sin(arg)
             out.append(total)
         return out[0], out[1]
@@ -409,6 +413,7 @@ def _object_layer(
         k=k,
         rate=rng.uniform(0.05, 0.25, size=shape_j) * rng.choice([-1, 1], size=shape_j),
         phase=rng.uniform(0, 2 * np.pi, size=shape_j),
+        time_scale=config.motion_scale,
     )
     size = texture.shape[0]
     return _Layer(
@@ -459,7 +464,7 @@ def _draw_objects(
 def _build_scene(config: SyntheticConfig, rng: np.random.Generator) -> _Scene:
     """Texture bank, background and objects; objects are redrawn until each one is clearly
     visible in frame 0 (at least 40% of its in-frame area and 0.4% of the frame)."""
-    frames = np.arange(config.num_frames, dtype=np.float64)
+    frames = np.arange(config.num_frames, dtype=np.float64) * config.motion_scale  # scene times
     size = _texture_size(config.height, config.width)
     bank = [
         _make_texture(rng, size, _TEXTURE_KINDS[int(rng.integers(len(_TEXTURE_KINDS)))])

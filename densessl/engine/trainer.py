@@ -60,6 +60,7 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     sync_bn: bool = False  # SyncBatchNorm under DDP on CUDA
+    find_unused_parameters: bool = False  # DDP: some steps leave parameters without gradients
     checkpoint_every: int = 1000
     log_every: int = 20
     device: str = "auto"
@@ -204,7 +205,9 @@ class Trainer:
         train_model: nn.Module = self.model
         if dist.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            train_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=ids, find_unused_parameters=cfg.find_unused_parameters
+            )
         if cfg.compile:
             train_model = torch.compile(train_model)
         self.train_model = train_model

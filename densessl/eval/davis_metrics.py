@@ -25,6 +25,8 @@ id in the scored frames; here such an object simply scores as an empty predictio
 DAVIS-2016: one object; any nonzero GT pixel is foreground, and any nonzero predicted pixel
 too (2016 results are usually 0/255 PNGs). The unsupervised (motion VOS) task is the 2016
 single merged foreground: any nonzero prediction against any nonzero GT, one row per sequence.
+On a DAVIS-2017-layout set the unsupervised task merges the objects the same way (ids 1-254;
+void stays background), which is how motion segmentation is scored on multi-object data.
 """
 
 from __future__ import annotations
@@ -351,10 +353,6 @@ def _check_task(task: str, year: int) -> None:
         raise InputError(f"task must be one of {', '.join(TASKS)}, got '{task}'")
     if year not in (2016, 2017):
         raise InputError(f"year must be 2016 or 2017, got {year}")
-    if task == "unsupervised" and year != 2016:
-        raise InputError(
-            "the unsupervised task is scored as DAVIS-2016 (one merged foreground): use year 2016"
-        )
 
 
 def _num_objects(first_gt: np.ndarray, task: str, year: int) -> int:
@@ -374,14 +372,17 @@ def _score_frames(
     sequence: str,
     frame_names: list[str],
     bound_th: float,
+    void_in_gt: bool = False,
 ) -> list[ObjectScores]:
     """Score already-selected frames (``T×H×W`` ids). ``binary``: one object, any nonzero
     pixel (DAVIS-2016 / unsupervised); else objects ``1..num_objects``, where comparing ids
     with ``k`` < 255 already treats void as background."""
     scores = []
+    if binary:  # one merged foreground; void (2017 layout) is background
+        gt_fg = (gt != 0) & (gt != VOID_ID) if void_in_gt else gt != 0
     for object_id in range(1, num_objects + 1):
         if binary:
-            gt_obj, pred_obj = gt != 0, pred != 0
+            gt_obj, pred_obj = gt_fg, pred != 0
         else:
             gt_obj, pred_obj = gt == object_id, pred == object_id
         j = db_eval_iou(gt_obj, pred_obj)
@@ -466,7 +467,8 @@ def evaluate_sequence_masks(
     if not binary:
         _check_pred_ids(pred[scored], num_objects, sequence, names[scored])
     return _score_frames(
-        gt[scored], pred[scored], num_objects, binary, sequence, names[scored], bound_th
+        gt[scored], pred[scored], num_objects, binary, sequence, names[scored], bound_th,
+        void_in_gt=year == 2017,
     )
 
 
@@ -485,7 +487,9 @@ def _score_sequence(
     if not binary:
         files = [results_dir / sequence.name / f"{n}.png" for n in names]
         _check_pred_ids(pred, num_objects, sequence.name, names, files)
-    return _score_frames(gt[scored], pred, num_objects, binary, sequence.name, names, bound_th)
+    return _score_frames(
+        gt[scored], pred, num_objects, binary, sequence.name, names, bound_th, void_in_gt=year == 2017
+    )
 
 
 def _init_worker() -> None:

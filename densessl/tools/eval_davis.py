@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--task",
         choices=TASKS,
         default="semi-supervised",
-        help="semi-supervised (default) or unsupervised (DAVIS-2016, merged foreground)",
+        help="semi-supervised (default) or unsupervised (one merged foreground per frame, DAVIS-2016 protocol)",
     )
     parser.add_argument("--resolution", default="480p", help="resolution folder (default 480p)")
     parser.add_argument(

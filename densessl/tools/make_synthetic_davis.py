@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--num-val", type=int, default=None,
                        help="exact number of val sequences (instead of --val-fraction)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--motion-scale", type=float, default=defaults.motion_scale,
+                        help="scene time between frames: 2 doubles every motion per frame (default 1)")
     parser.add_argument("--no-flow", action="store_true", help="do not write ground-truth flow")
     parser.add_argument("--no-video", action="store_true", help="do not write mp4 videos")
     parser.add_argument("--jpeg-quality", type=int, default=defaults.jpeg_quality)
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             jpeg_quality=args.jpeg_quality,
             fps=args.fps,
             workers=args.workers,
+            motion_scale=args.motion_scale,
         )
         start = time.perf_counter()
         names = write_synthetic_davis(

@@ -8,20 +8,17 @@ The defaults are the paper's recipe (ResNet-18, 7×7 patches of 64×64 in 256×2
 
 from __future__ import annotations
 
-import argparse
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
 
-from densessl.engine.config import load_config
-from densessl.engine.distributed import barrier, cleanup_distributed, init_distributed
 from densessl.engine.evaluation import DavisEvalConfig, layer_copy, make_davis_evaluator
-from densessl.engine.seed import seed_everything
-from densessl.engine.trainer import TrainConfig, Trainer, prepare_run_dir
+from densessl.engine.distributed import barrier
+from densessl.engine.job import run_training_job
+from densessl.engine.trainer import TrainConfig, Trainer
 from densessl.errors import InputError
-from densessl.tools._common import run_main
+from densessl.tools._common import training_main
 
 log = logging.getLogger("densessl.train_crw")
 
@@ -134,15 +131,11 @@ def build_training(cfg: CRWConfig, rank: int = 0, world_size: int = 1, progress:
 
 def train(cfg: CRWConfig, resume: bool = False, overwrite: bool = False):
     """Run (or resume) a CRW training job; returns the :class:`FitResult` (None off the main rank)."""
-    from densessl.datasets.video import collate_clips
-
     validate(cfg)
-    dist = init_distributed(cfg.train.device)
-    try:
-        logging.basicConfig(level=logging.INFO if dist.is_main else logging.WARNING, format="%(message)s")
-        run_dir = prepare_run_dir(cfg.train, resume=resume, overwrite=overwrite)
-        barrier()
-        seed_everything(cfg.train.seed, 0)  # identical initial weights on every rank
+
+    def make_trainer(dist, run_dir: Path) -> Trainer:
+        from densessl.datasets.video import collate_clips
+
         dataset, sampler, model = build_training(cfg, dist.rank, dist.world_size, progress=cfg.train.progress)
         backbone = model.model.backbone
         evaluate = make_davis_evaluator(
@@ -167,39 +160,21 @@ def train(cfg: CRWConfig, resume: bool = False, overwrite: bool = False):
                 "%d clips per epoch from %d videos, %d steps per epoch, %d steps in all; run folder %s",
                 len(sampler.plan(0)), len(dataset), trainer.steps_per_epoch, trainer.total_steps, run_dir,
             )
-        result = trainer.fit(resume=resume)
-        if dist.is_main:
-            summary = ", ".join(f"{k} {v:.4g}" for k, v in result.train_metrics.items() if k in ("loss", "cycle_acc"))
-            log.info("stopped at step %d/%d (%s) %s", result.step, result.total_steps, result.reason, summary)
-            if result.eval_metrics:
-                log.info("eval: %s", ", ".join(f"{k} {v:.4f}" for k, v in result.eval_metrics.items()))
-            return result
-        return None
-    finally:
-        cleanup_distributed()
+        return trainer
+
+    return run_training_job(cfg.train, make_trainer, log, resume, overwrite, summary_keys=("loss", "cycle_acc"))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    return training_main(
+        argv,
         prog="train_crw",
         description="Train a contrastive random walk model on video (paper recipe by default).",
         epilog="example: tools/train_crw.py --config configs/crw.yaml data.videos=/data/kinetics "
         "eval.davis_root=/data/DAVIS train.name=crw-k400",
+        config_class=CRWConfig,
+        train=train,
     )
-    parser.add_argument("--config", type=Path, default=None, help="YAML config (default: built-in paper recipe)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=3e-4")
-    parser.add_argument("--resume", action="store_true", help="continue runs/<name> from checkpoints/last.pt")
-    parser.add_argument("--overwrite", action="store_true", help="start over in an existing run folder")
-    args = parser.parse_intermixed_args(argv)
-
-    def body() -> int:
-        cfg = load_config(CRWConfig, args.config, args.overrides)
-        if args.resume and args.overwrite:
-            raise InputError("--resume and --overwrite exclude each other")
-        train(cfg, resume=args.resume, overwrite=args.overwrite)
-        return 0
-
-    return run_main(body)
 
 
 if __name__ == "__main__":  # pragma: no cover

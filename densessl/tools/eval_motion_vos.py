@@ -1,0 +1,144 @@
+"""Predict motion segmentation masks for every frame and score them (DAVIS-2016 unsupervised).
+
+``python tools/eval_motion_vos.py --checkpoint runs/cis/checkpoints/motion_vos.pt --davis-root
+DAVIS --flow-root FLOWS --out results/cis [--flip] [--crf]``; ``--baseline flow-magnitude``
+scores the Otsu flow-magnitude threshold instead of a model.
+
+Writes ``<out>/raw/<seq>/<frame>.png`` (0/255 masks in the official format) with the official
+CSVs beside them, ``<out>/crf/...`` likewise with ``--crf``, overlay strips under
+``<out>/overlays/``, and prints the raw and refined scores separately. No choice is made using
+the ground truth: it is read only to score the final masks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from densessl.datasets.flow_cache import DEFAULT_GAPS, parse_gap
+from densessl.errors import InputError
+from densessl.tools._common import run_main
+from densessl.tools._propagation_args import add_davis_args, dataset_from_args
+from densessl.tools.propagate import prepare_output
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eval_motion_vos",
+        description="Segment moving objects in every frame from cached flow and score the masks "
+        "with the DAVIS-2016 unsupervised protocol (J and F per sequence).",
+        epilog="example: tools/eval_motion_vos.py --checkpoint runs/cis/checkpoints/motion_vos.pt "
+        "--davis-root /data/DAVIS2016 --flow-root /data/DAVIS2016_flows --out results/cis --flip",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="motion_vos.pt (exported) or a training checkpoint last.pt")
+    source.add_argument("--baseline", choices=("flow-magnitude",), help="score a baseline instead of a model")
+    add_davis_args(parser)
+    parser.set_defaults(year=2016)
+    parser.add_argument("--flow-root", required=True, help="cached flow (<flow-root>/<gap>/<seq>/<frame>.flo)")
+    parser.add_argument("--gaps", nargs="+", default=[f"{g:+d}" for g in DEFAULT_GAPS],
+                        help="flow gaps averaged per frame (default +1 -1 +2 -2)")
+    parser.add_argument("--size", nargs=2, type=int, default=(192, 384), metavar=("H", "W"),
+                        help="network input size (default 192 384, the training size)")
+    parser.add_argument("--flip", action="store_true", help="also average the mirrored prediction")
+    parser.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold")
+    parser.add_argument("--crf", action="store_true", help="also refine with DenseCRF (pip install 'densessl[crf]')")
+    parser.add_argument("--out", required=True, help="output folder (raw/, crf/, overlays/, CSVs)")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    parser.add_argument("--overlays", type=int, default=4, help="overlay frames per sequence (0: none)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    return parser
+
+
+def _write_masks(folder: Path, sequence, masks: np.ndarray) -> None:
+    folder = folder / sequence.name
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, mask in zip(sequence.frame_names, masks):
+        path = folder / f"{name}.png"
+        if not cv2.imwrite(str(path), np.where(mask, 255, 0).astype(np.uint8)):
+            raise InputError("cannot write the mask", path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        from densessl.eval.davis_metrics import DavisScores
+        from densessl.eval.visualize import save_overlay_strip
+        from densessl.video.davis_propagation import resolve_device
+        from densessl.video.motion_vos_eval import (
+            MotionPredictConfig, evaluate_predictor, load_motion_vos, magnitude_predictor, model_predictor,
+            score_sequence,
+        )
+
+        if not 0.0 < args.threshold < 1.0:
+            raise InputError(f"--threshold must lie in (0, 1), got {args.threshold}")
+        if min(args.size) < 8:
+            raise InputError(f"--size must be at least 8×8, got {args.size}")
+        gaps = tuple(parse_gap(g) for g in args.gaps)
+        flow_root = Path(args.flow_root)
+        if not flow_root.is_dir():
+            raise InputError("flow folder not found (compute it with tools/compute_flow.py)", flow_root)
+        if args.crf:
+            from densessl.eval.crf import crf_available
+
+            if not crf_available():
+                raise InputError("--crf needs pydensecrf: pip install 'densessl[crf]'")
+        dataset = dataset_from_args(args)
+        out = Path(args.out)
+        prepare_output(out, args.overwrite, Path(args.davis_root))
+        config = MotionPredictConfig(size=tuple(args.size), gaps=gaps, flip=args.flip, threshold=args.threshold)
+        if args.checkpoint:
+            device = resolve_device(args.device)
+            predictor = model_predictor(load_motion_vos(args.checkpoint).to(device), config, device)
+        else:
+            predictor = magnitude_predictor()
+
+        refined_objects = []
+
+        def on_sequence(sequence, probs: np.ndarray) -> None:
+            masks = probs > config.threshold
+            _write_masks(out / "raw", sequence, masks)
+            picks = np.unique(np.linspace(0, sequence.num_frames - 1, args.overlays).round().astype(int))
+            if args.overlays > 0:
+                save_overlay_strip(out / "overlays" / f"{sequence.name}.png", [sequence.frame(i) for i in picks],
+                                   [masks[i].astype(np.uint8) for i in picks])
+            if args.crf:
+                from densessl.eval.crf import refine_foreground
+
+                refined = np.stack([
+                    refine_foreground(sequence.frame(t), probs[t]) > 0.5 for t in range(sequence.num_frames)
+                ])
+                _write_masks(out / "crf", sequence, refined)
+                refined_objects.extend(score_sequence(sequence, refined))
+
+        scores = evaluate_predictor(dataset, flow_root, predictor, config, on_sequence=on_sequence, progress=True)
+        results = {"raw": scores}
+        if args.crf:
+            results["crf"] = DavisScores(refined_objects)
+        summary = {}
+        for kind, result in results.items():
+            result.task, result.year, result.split = "unsupervised", dataset.year, args.split
+            result.write_csvs(out / kind)
+            summary[kind] = result.global_row
+            print(f"\n{kind} masks ({'flow-magnitude baseline' if args.baseline else args.checkpoint}):")
+            print(result.table())
+        settings = {
+            "checkpoint": args.checkpoint, "baseline": args.baseline, "davis_root": args.davis_root,
+            "year": dataset.year, "split": args.split, "flow_root": str(flow_root), "gaps": list(gaps),
+            "size": list(args.size), "flip": args.flip, "threshold": args.threshold, "scores": summary,
+        }
+        (out / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+        return 0
+
+    return run_main(body)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""Motion-based video object segmentation by contextual information separation (CIS).
+
+- :class:`MaskGenerator` ``G(image, flow)`` → 2-way mask logits (a U-Net with a dilated bottleneck).
+- :class:`FlowInpainter` ``I(image, masked flow, mask)`` → flow (two encoders, one decoder).
+- :class:`MotionVOSModel` trains both adversarially (see :mod:`densessl.losses.cis`): in each
+  cycle of ``generator_steps + 1`` steps the generator takes ``generator_steps`` steps and the
+  inpainter one.
+- :func:`orient_foreground` picks foreground versus background without ground truth (the
+  loss is symmetric in ``m`` and ``1−m``): a mask covering at least 60 % of a thin image border
+  is background, so its complement is taken.
+
+Images enter as ``B×3×H×W`` RGB in [0, 1] and flows as ``B×2×H×W`` pixels at the input
+resolution; :meth:`MotionVOSModel.normalize` divides the flow by ``flow_scale · W`` so that the
+loss's ``ε`` and the networks see the same magnitudes at any resolution (the reference divides
+by 80 at a width of 384: ``flow_scale = 80 / 384``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from densessl.losses.cis import REFERENCE_EPSILON_PER_ELEMENT, cis_terms
+from densessl.models.unet import Decoder, DilatedBottleneck, Encoder, UNet
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+REFERENCE_FLOW_SCALE = 80.0 / 384.0
+BORDER_FRACTION = 0.6
+NORMALIZERS = ("image_only", "zero")
+
+
+@dataclass
+class MotionVOSNetConfig:
+    """Network and loss settings (the ``model`` section of ``configs/motion_vos.yaml``)."""
+
+    generator_widths: tuple[int, ...] = (32, 64, 128, 256)
+    inpainter_widths: tuple[int, ...] = (32, 64, 128, 256)
+    dilations: tuple[int, ...] = (2, 4, 8)
+    norm: str = "batch"
+    mask_temperature: float = 10.0  # logits are divided by this before the softmax
+    flow_scale: float = REFERENCE_FLOW_SCALE  # flow / (flow_scale × width)
+    epsilon_per_element: float = REFERENCE_EPSILON_PER_ELEMENT
+    generator_steps: int = 3  # generator steps per inpainter step
+    inpainter_warmup_steps: int = 0  # inpainter-only steps before the adversarial schedule
+    hard_context: bool = True  # the inpainter sees the thresholded mask (straight-through gradient)
+    normalizer: str = "image_only"  # D(m) from the image-only inpainter, or "zero": from zero flow (|u|)
+    input_stride: int = 2  # the networks and the loss work at 1/input_stride of the input size
+
+
+class MaskGenerator(nn.Module):
+    """``B×3×H×W`` image and ``B×2×H×W`` flow (both normalised) → ``B×2×H×W`` logits."""
+
+    def __init__(
+        self,
+        widths: Sequence[int] = (32, 64, 128, 256),
+        dilations: Sequence[int] = (2, 4, 8),
+        norm: str = "batch",
+        temperature: float = 10.0,
+    ) -> None:
+        super().__init__()
+        self.temperature = float(temperature)
+        self.unet = UNet(5, 2, widths, dilations, norm)
+
+    def forward(self, image: Tensor, flow: Tensor) -> Tensor:
+        return self.unet(torch.cat([image, flow], dim=1))
+
+    def mask(self, logits: Tensor) -> Tensor:
+        """Soft mask ``B×1×H×W``: the second channel of ``softmax(logits / temperature)``."""
+        return torch.softmax(logits.float() / self.temperature, dim=1)[:, 1:2]
+
+
+def coordinate_grid(like: Tensor) -> Tensor:
+    """``B×2×H×W`` pixel coordinates ``(x, y)`` scaled to [-1, 1], in ``like``'s dtype and device."""
+    b, _, h, w = like.shape
+    ys = torch.linspace(-1.0, 1.0, h, device=like.device, dtype=like.dtype)
+    xs = torch.linspace(-1.0, 1.0, w, device=like.device, dtype=like.dtype)
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"))
+    return grid.unsqueeze(0).expand(b, -1, -1, -1)
+
+
+class FlowInpainter(nn.Module):
+    """Predicts flow from the image and the flow visible outside a mask.
+
+    An image encoder and a (masked flow, mask) encoder run side by side; their features are
+    concatenated at every stride, a dilated bottleneck widens the context at the coarsest one,
+    and a U-Net decoder predicts ``B×2×H×W`` flow.
+    """
+
+    def __init__(
+        self,
+        widths: Sequence[int] = (32, 64, 128, 256),
+        dilations: Sequence[int] = (2, 4, 8),
+        norm: str = "batch",
+    ) -> None:
+        super().__init__()
+        self.image_encoder = Encoder(3, widths, norm)
+        self.flow_encoder = Encoder(5, widths, norm)
+        fused = [2 * w for w in widths]
+        self.bottleneck = DilatedBottleneck(fused[-1], dilations, norm)
+        self.decoder = Decoder(fused, 2, norm)
+
+    def encode_image(self, image: Tensor) -> list[Tensor]:
+        return self.image_encoder(image)
+
+    def decode(self, image_features: Sequence[Tensor], masked_flow: Tensor, hidden: Tensor) -> Tensor:
+        """``hidden`` (``B×1×H×W``) marks where the flow is to be predicted."""
+        flow_features = self.flow_encoder(torch.cat([masked_flow, hidden, coordinate_grid(hidden)], dim=1))
+        features = [torch.cat([a, b], dim=1) for a, b in zip(image_features, flow_features)]
+        features[-1] = self.bottleneck(features[-1])
+        return self.decoder(features)
+
+    def forward(self, image: Tensor, masked_flow: Tensor, hidden: Tensor) -> Tensor:
+        return self.decode(self.encode_image(image), masked_flow, hidden)
+
+
+def _set_requires_grad(module: nn.Module, flag: bool) -> None:
+    for param in module.parameters():
+        param.requires_grad_(flag)
+
+
+class MotionVOSModel(nn.Module):
+    """Generator + inpainter with the CIS adversarial schedule; ``forward(batch) -> (loss, metrics)``.
+
+    ``batch``: ``{"image": B×3×H×W in [0, 1], "flow": B×2×H×W pixels}``. The step counter is a
+    buffer, so the schedule survives checkpoints. In a generator step the inpainter's weights are
+    taken out of the graph (their gradients stay None, so the optimizer leaves them alone); in an
+    inpainter step the mask is computed without gradients.
+    """
+
+    def __init__(self, config: MotionVOSNetConfig | None = None) -> None:
+        super().__init__()
+        cfg = config or MotionVOSNetConfig()
+        if cfg.generator_steps < 1:
+            raise ValueError(f"generator_steps must be >= 1, got {cfg.generator_steps}")
+        if cfg.input_stride < 1:
+            raise ValueError(f"input_stride must be >= 1, got {cfg.input_stride}")
+        if cfg.normalizer not in NORMALIZERS:
+            raise ValueError(f"normalizer must be one of {', '.join(NORMALIZERS)}, got {cfg.normalizer!r}")
+        self.config = cfg
+        self.generator = MaskGenerator(cfg.generator_widths, cfg.dilations, cfg.norm, cfg.mask_temperature)
+        self.inpainter = FlowInpainter(cfg.inpainter_widths, cfg.dilations, cfg.norm)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+
+    def normalize(self, image: Tensor, flow: Tensor) -> tuple[Tensor, Tensor]:
+        """Image → ImageNet-normalised; flow (pixels) → flow / (flow_scale × width); both resized
+        by ``1 / input_stride`` (the normalised flow does not change under resizing)."""
+        image = (image - self.mean) / self.std
+        flow = flow / (self.config.flow_scale * flow.shape[-1])
+        stride = self.config.input_stride
+        if stride > 1:
+            size = (max(1, image.shape[-2] // stride), max(1, image.shape[-1] // stride))
+            image = F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
+            flow = F.interpolate(flow, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return image, flow
+
+    def foreground_logits(self, image: Tensor, flow: Tensor) -> Tensor:
+        """Generator logits from raw inputs (image in [0, 1], flow in pixels), at 1/input_stride."""
+        image, flow = self.normalize(image, flow)
+        return self.generator(image, flow)
+
+    def is_inpainter_step(self, step: int) -> bool:
+        cfg = self.config
+        if step < cfg.inpainter_warmup_steps:
+            return True
+        return (step - cfg.inpainter_warmup_steps) % (cfg.generator_steps + 1) == cfg.generator_steps
+
+    def _reconstruct(self, image: Tensor, flow: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The inpainter calls of the loss in one batch (the image is encoded once): inside the
+        mask, inside its complement, and (``normalizer='image_only'``) with no flow at all."""
+        b = image.shape[0]
+        if self.config.hard_context:
+            mask = mask + ((mask > 0.5).to(mask.dtype) - mask).detach()
+        complement = 1.0 - mask
+        masked = [flow * complement, flow * mask]
+        hidden = [mask, complement]
+        if self.config.normalizer == "image_only":
+            masked.append(torch.zeros_like(flow))
+            hidden.append(torch.ones_like(mask))
+        calls = len(masked)
+        image_features = [f.repeat(calls, 1, 1, 1) for f in self.inpainter.encode_image(image)]
+        recon = self.inpainter.decode(image_features, torch.cat(masked), torch.cat(hidden))
+        image_only = recon[2 * b :] if calls == 3 else torch.zeros_like(flow)
+        return recon[:b], recon[b : 2 * b], image_only
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        image, flow = self.normalize(batch["image"], batch["flow"])
+        inpainter_step = self.is_inpainter_step(int(self.steps_done))
+        if self.training:
+            self.steps_done += 1
+        if inpainter_step:
+            with torch.no_grad():
+                mask = self.generator.mask(self.generator(image, flow))
+            recon = self._reconstruct(image, flow, mask)
+        else:
+            _set_requires_grad(self.inpainter, False)
+            try:
+                mask = self.generator.mask(self.generator(image, flow))
+                recon = self._reconstruct(image, flow, mask)
+            finally:
+                _set_requires_grad(self.inpainter, True)
+        terms = cis_terms(flow, mask, *recon, epsilon_per_element=self.config.epsilon_per_element)
+        loss = terms.inpainter_loss if inpainter_step else terms.generator_loss
+        metrics = {
+            "loss": terms.generator_loss.detach(),
+            "inpainter_loss": terms.inpainter_loss.detach(),
+            "mask_mean": mask.detach().mean(),
+            "inpainter_step": torch.tensor(float(inpainter_step)),
+        }
+        return loss, metrics
+
+
+# ------------------------------------------------------------------------------- inference
+
+
+def border_width(height: int, width: int) -> int:
+    """Width of the border band used by :func:`orient_foreground`: 2 % of the shorter side, ≥ 1."""
+    return max(1, round(0.02 * min(height, width)))
+
+
+def border_coverage(prob: np.ndarray, band: int | None = None) -> float:
+    """Fraction of the border band's pixels where ``prob > 0.5`` (``prob`` is ``H×W``)."""
+    height, width = prob.shape
+    band = border_width(height, width) if band is None else band
+    ring = np.ones((height, width), dtype=bool)
+    ring[band : height - band, band : width - band] = False
+    return float((prob[ring] > 0.5).mean())
+
+
+def orient_foreground(prob: np.ndarray, threshold: float = BORDER_FRACTION) -> np.ndarray:
+    """``H×W`` foreground probability, complemented when the mask covers ≥ ``threshold`` of the border."""
+    return 1.0 - prob if border_coverage(prob) >= threshold else prob
+
+
+def _resize_flow(flow: Tensor, size: tuple[int, int]) -> Tensor:
+    """``B×2×h×w`` flow in pixels → ``B×2×H×W`` with the vectors rescaled to the new size."""
+    h, w = flow.shape[-2:]
+    out = F.interpolate(flow, size=size, mode="bilinear", align_corners=False)
+    scale = torch.tensor([size[1] / w, size[0] / h], device=flow.device, dtype=flow.dtype).view(1, 2, 1, 1)
+    return out * scale
+
+
+@torch.no_grad()
+def predict_foreground(
+    model: MotionVOSModel,
+    image: np.ndarray,
+    flow: np.ndarray,
+    size: tuple[int, int],
+    flip: bool = False,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """Oriented foreground probability of one frame at its own resolution.
+
+    Args:
+        image: ``H×W×3`` uint8 RGB frame.
+        flow: ``H×W×2`` flow (pixels) from this frame to another one.
+        size: network input ``(height, width)``.
+        flip: also predict on the mirrored input and average (each prediction is oriented first).
+    Returns:
+        ``H×W`` float32 in [0, 1].
+    """
+    height, width = image.shape[:2]
+    if flow.shape[:2] != (height, width):
+        raise ValueError(f"flow size {flow.shape[:2]} differs from the frame size {(height, width)}")
+    img = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float() / 255.0
+    fl = torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32)).to(device).permute(2, 0, 1)[None]
+    img = F.interpolate(img, size=size, mode="bilinear", align_corners=False, antialias=True)
+    fl = _resize_flow(fl, size)
+    inputs = [(img, fl)]
+    if flip:
+        mirrored = fl.flip(-1)
+        mirrored = torch.cat([-mirrored[:, :1], mirrored[:, 1:]], dim=1)
+        inputs.append((img.flip(-1), mirrored))
+    predictions = []
+    for k, (x, u) in enumerate(inputs):
+        mask = model.generator.mask(model.foreground_logits(x, u))
+        if k == 1:
+            mask = mask.flip(-1)
+        mask = F.interpolate(mask, size=(height, width), mode="bilinear", align_corners=False)
+        predictions.append(orient_foreground(mask[0, 0].float().cpu().numpy()))
+    return np.mean(predictions, axis=0).astype(np.float32)
+
+
+def flow_magnitude_foreground(flow: np.ndarray) -> np.ndarray:
+    """Baseline: Otsu threshold on the flow magnitude, oriented by the border rule → ``H×W`` {0, 1}."""
+    import cv2
+
+    magnitude = np.linalg.norm(flow.astype(np.float32), axis=2)
+    top = float(magnitude.max())
+    if top <= 0 or not np.isfinite(top):
+        return np.zeros(magnitude.shape, dtype=np.float32)
+    scaled = np.round(magnitude / top * 255).astype(np.uint8)
+    _, binary = cv2.threshold(scaled, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return orient_foreground(binary.astype(np.float32))

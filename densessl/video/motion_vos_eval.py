@@ -1,0 +1,126 @@
+"""Predict a foreground mask for every frame of DAVIS-style sequences and score them.
+
+A frame's prediction averages the oriented probabilities of every gap with cached flow (and of
+the mirrored input with ``flip``). Scores follow the DAVIS-2016 unsupervised protocol (one merged
+foreground per frame, J and F per sequence, first and last frames not scored). Nothing here looks
+at the ground truth before the masks are final.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from densessl.datasets.davis import DavisDataset, DavisSequence
+from densessl.datasets.flow_cache import find_flow, flow_path, gap_folder
+from densessl.datasets.flow_io import read_flow
+from densessl.errors import InputError
+from densessl.eval.davis_metrics import DavisScores, evaluate_sequence_masks
+from densessl.video.motion_vos import MotionVOSModel, flow_magnitude_foreground, predict_foreground
+
+
+@dataclass
+class MotionPredictConfig:
+    size: tuple[int, int] = (192, 384)  # network input (height, width)
+    gaps: tuple[int, ...] = (1, -1, 2, -2)
+    flip: bool = False  # average with the mirrored prediction
+    threshold: float = 0.5
+
+
+FramePredictor = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (image, flow) -> H×W probability
+
+
+def model_predictor(model: MotionVOSModel, config: MotionPredictConfig, device: torch.device | str) -> FramePredictor:
+    """Frame predictor of a trained model (put in eval mode here)."""
+    model.eval()
+    return lambda image, flow: predict_foreground(model, image, flow, tuple(config.size), config.flip, device)
+
+
+def magnitude_predictor() -> FramePredictor:
+    """The flow-magnitude baseline (Otsu threshold on |flow|, border-oriented)."""
+    return lambda image, flow: flow_magnitude_foreground(flow)
+
+
+def predict_sequence(
+    sequence: DavisSequence,
+    flow_root: str | os.PathLike,
+    predictor: FramePredictor,
+    gaps: Sequence[int] = (1, -1, 2, -2),
+) -> np.ndarray:
+    """``T×H×W`` float32 foreground probabilities, averaged over the gaps with cached flow."""
+    height, width = sequence.size
+    probs = np.zeros((sequence.num_frames, height, width), dtype=np.float32)
+    names = sequence.frame_names
+    for t in range(sequence.num_frames):
+        image = sequence.frame(t)
+        predictions = []
+        for gap in gaps:
+            path = find_flow(flow_root, gap, sequence.name, names[t])
+            if path is not None:
+                predictions.append(predictor(image, read_flow(path)))
+        if not predictions:
+            raise InputError(
+                f"no cached flow for frame {names[t]} of '{sequence.name}' with gaps "
+                f"{', '.join(gap_folder(g) for g in gaps)}",
+                flow_path(flow_root, gaps[0], sequence.name, names[t]),
+            )
+        probs[t] = np.mean(predictions, axis=0)
+    return probs
+
+
+def score_sequence(sequence: DavisSequence, masks: np.ndarray) -> list:
+    """DAVIS-2016 unsupervised scores of ``T×H×W`` binary masks (merged foreground)."""
+    return evaluate_sequence_masks(
+        sequence.masks(require_all=True), masks.astype(np.uint8), sequence=sequence.name, task="unsupervised",
+        year=2016 if sequence.year == 2016 else 2017, frame_names=sequence.frame_names,
+    )
+
+
+def evaluate_predictor(
+    dataset: DavisDataset | Iterable[DavisSequence],
+    flow_root: str | os.PathLike,
+    predictor: FramePredictor,
+    config: MotionPredictConfig,
+    on_sequence: Callable[[DavisSequence, np.ndarray], None] | None = None,
+    progress: bool = False,
+) -> DavisScores:
+    """Predict and score every sequence; ``on_sequence(sequence, probabilities)`` sees each result."""
+    from tqdm import tqdm
+
+    objects = []
+    sequences = list(dataset)
+    for sequence in tqdm(sequences, desc="motion VOS", unit="seq", disable=not progress):
+        probs = predict_sequence(sequence, flow_root, predictor, config.gaps)
+        if on_sequence is not None:
+            on_sequence(sequence, probs)
+        objects.extend(score_sequence(sequence, probs > config.threshold))
+    return DavisScores(objects)
+
+
+def load_motion_vos(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> MotionVOSModel:
+    """A model from an exported ``motion_vos.pt`` or a training checkpoint ``last.pt``."""
+    from densessl.engine.config import from_dict
+    from densessl.engine.checkpoint import load_checkpoint
+    from densessl.video.motion_vos import MotionVOSNetConfig
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("checkpoint not found", path)
+    state = load_checkpoint(path, map_location=map_location)
+    if "net_config" in state and "state_dict" in state:
+        net_config, weights = state["net_config"], state["state_dict"]
+    elif "model" in state and isinstance(state.get("config"), dict) and "model" in state["config"]:
+        net_config, weights = state["config"]["model"], state["model"]
+    else:
+        raise InputError("not a motion VOS checkpoint (expected motion_vos.pt or a training last.pt)", path)
+    model = MotionVOSModel(from_dict(MotionVOSNetConfig, net_config, prefix="model"))
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        raise InputError(f"weights do not fit the stored network config: {error}", path) from error
+    return model.eval()

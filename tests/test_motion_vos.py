@@ -1,0 +1,309 @@
+"""Motion VOS (CIS): loss against a naive reference, networks, schedule, paired augmentation,
+foreground orientation, and the train / eval tools end to end on synthetic data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from densessl.datasets.davis import DavisDataset
+from densessl.datasets.flow_cache import flow_path
+from densessl.datasets.motion_pairs import MotionPairDataset, PairAugmentConfig, crop_flip_resize, resize_flow
+from densessl.errors import InputError
+from densessl.losses.cis import REFERENCE_EPSILON_PER_ELEMENT, charbonnier, cis_terms
+from densessl.models.unet import UNet
+from densessl.video.motion_vos import (
+    MotionVOSModel, MotionVOSNetConfig, border_coverage, flow_magnitude_foreground, orient_foreground,
+)
+
+TINY_NET = dict(generator_widths=(4, 8), inpainter_widths=(4, 8), dilations=(2,))
+
+
+def make_motion_set(root: Path, flows: Path, num_sequences: int = 4, num_frames: int = 5,
+                    height: int = 48, width: int = 64) -> list[str]:
+    """Synthetic DAVIS-2017-layout set plus its exact forward flow as a ``+1`` flow tree.
+
+    One extra frame is rendered and dropped so that every kept frame has a +1 flow file."""
+    from densessl.datasets.synthetic import SyntheticConfig, write_synthetic_davis
+
+    config = SyntheticConfig(num_sequences=num_sequences, num_frames=num_frames + 1, height=height, width=width,
+                             num_val=num_sequences // 2, write_video=False, workers=1)
+    names = write_synthetic_davis(root, config, progress=False)
+    for name in names:
+        last = f"{num_frames:05d}"
+        (root / "JPEGImages" / "480p" / name / f"{last}.jpg").unlink()
+        (root / "Annotations" / "480p" / name / f"{last}.png").unlink()
+        for t in range(num_frames):
+            target = flow_path(flows, 1, name, f"{t:05d}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(root / "Flows" / "gt" / "480p" / name / f"{t:05d}.flo", target)
+    return names
+
+
+# --------------------------------------------------------------------------------------- loss
+
+
+def naive_cis(flow, mask, r_in, r_out, r_img, eps):
+    """Per-sample loops over every element, straight from the definitions."""
+    batch, channels, height, width = flow.shape
+    g_losses, i_losses = [], []
+    for b in range(batch):
+        e_in = e_out = d_in = d_out = base_all = 0.0
+        for c in range(channels):
+            for y in range(height):
+                for x in range(width):
+                    u, m = float(flow[b, c, y, x]), float(mask[b, 0, y, x])
+                    rho = lambda v: (v * v + 1e-6) ** 0.5  # noqa: E731
+                    e_in += rho(u - float(r_in[b, c, y, x])) * m
+                    e_out += rho(u - float(r_out[b, c, y, x])) * (1 - m)
+                    base = rho(u - float(r_img[b, c, y, x]))
+                    d_in += base * m
+                    d_out += base * (1 - m)
+                    base_all += base
+        n = channels * height * width
+        d_in += eps * n
+        d_out += eps * n
+        g_losses.append((1 - e_in / d_in) + (1 - e_out / d_out))
+        i_losses.append((e_in + e_out + base_all) / n)
+    return float(np.mean(g_losses)), float(np.mean(i_losses))
+
+
+def test_cis_terms_match_naive_definition():
+    gen = torch.Generator().manual_seed(0)
+    shape = (3, 2, 5, 7)
+    flow = torch.randn(shape, generator=gen, dtype=torch.float64)
+    mask = torch.rand((3, 1, 5, 7), generator=gen, dtype=torch.float64)
+    recons = [torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(3)]
+    eps = 0.01
+    terms = cis_terms(flow, mask, *recons, epsilon_per_element=eps)
+    want_g, want_i = naive_cis(flow, mask, *recons, eps)
+    assert float(terms.generator_loss) == pytest.approx(want_g, rel=1e-5)
+    assert float(terms.inpainter_loss) == pytest.approx(want_i, rel=1e-5)
+    assert torch.allclose(charbonnier(torch.tensor([0.0, 3.0])), torch.tensor([1e-3, (9 + 1e-6) ** 0.5]))
+
+
+def test_cis_epsilon_is_per_element_so_losses_do_not_depend_on_resolution():
+    gen = torch.Generator().manual_seed(1)
+    flow = torch.randn(2, 2, 6, 8, generator=gen)
+    mask = torch.rand(2, 1, 6, 8, generator=gen)
+    recons = [torch.randn(2, 2, 6, 8, generator=gen) for _ in range(3)]
+    up = lambda t: t.repeat_interleave(2, -1).repeat_interleave(2, -2)  # noqa: E731
+    small = cis_terms(flow, mask, *recons)
+    large = cis_terms(up(flow), up(mask), *[up(r) for r in recons])
+    assert float(large.generator_loss) == pytest.approx(float(small.generator_loss), rel=1e-5)
+    assert float(large.inpainter_loss) == pytest.approx(float(small.inpainter_loss), rel=1e-5)
+    # the reference's sum-ε of 75 at 384×192×2 is this per-element value
+    assert REFERENCE_EPSILON_PER_ELEMENT * 384 * 192 * 2 == pytest.approx(75.0)
+
+
+def test_cis_rewards_a_mask_whose_flow_the_context_cannot_explain():
+    # an oracle inpainter: a context holding any background predicts the background motion (1, 0)
+    # everywhere, a context of object pixels only (or nothing) predicts zero; so does the image alone
+    flow = torch.zeros(1, 2, 16, 16)
+    flow[:, 0] = 1.0
+    obj = torch.zeros(1, 1, 16, 16)
+    obj[..., 4:9, 5:11] = 1
+    flow[:, 0] += 3 * obj[:, 0]
+
+    def oracle(context: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(flow)
+        if float((context * (1 - obj)).sum()) > 0:
+            out[:, 0] = 1.0
+        return out
+
+    def loss(mask):
+        return float(cis_terms(flow, mask, oracle(1 - mask), oracle(mask), torch.zeros_like(flow)).generator_loss)
+
+    half = torch.zeros_like(obj)
+    half[..., :8] = 1
+    assert loss(obj) == pytest.approx(0.25, abs=0.01)  # 1 - 3/4 inside, 0 outside
+    assert loss(obj) < loss(half) - 0.5
+    assert loss(obj) < loss(torch.zeros_like(obj)) - 0.5
+    assert loss(obj) < loss(torch.ones_like(obj)) - 0.5
+    with pytest.raises(ValueError, match="mask"):
+        cis_terms(flow, obj[:, :, :8], flow, flow, flow)
+
+
+# ------------------------------------------------------------------------------- networks
+
+
+def test_unet_keeps_odd_sizes():
+    net = UNet(5, 2, widths=(4, 8, 16), dilations=(2, 4))
+    assert net(torch.randn(2, 5, 37, 53)).shape == (2, 2, 37, 53)
+
+
+def test_schedule_and_which_network_gets_gradients():
+    model = MotionVOSModel(MotionVOSNetConfig(**TINY_NET, generator_steps=3, inpainter_warmup_steps=2))
+    assert [model.is_inpainter_step(s) for s in range(10)] == [True, True, False, False, False, True,
+                                                               False, False, False, True]
+    batch = {"image": torch.rand(2, 3, 24, 32), "flow": torch.randn(2, 2, 24, 32)}
+    model.steps_done.fill_(2)  # a generator step
+    loss, metrics = model(batch)
+    loss.backward()
+    assert all(p.grad is None for p in model.inpainter.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.generator.parameters())
+    assert all(p.requires_grad for p in model.inpainter.parameters())
+    assert int(model.steps_done) == 3 and metrics["inpainter_step"] == 0
+    model.zero_grad(set_to_none=True)
+    model.steps_done.fill_(5)  # an inpainter step
+    loss, metrics = model(batch)
+    loss.backward()
+    assert all(p.grad is None for p in model.generator.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.inpainter.parameters())
+    assert metrics["inpainter_step"] == 1 and torch.isfinite(loss)
+
+
+def test_zero_normalizer_skips_the_image_only_call_and_input_stride_shrinks_the_work():
+    model = MotionVOSModel(MotionVOSNetConfig(**TINY_NET, normalizer="zero", input_stride=2))
+    image, flow = model.normalize(torch.rand(2, 3, 24, 32), torch.randn(2, 2, 24, 32))
+    assert image.shape == (2, 3, 12, 16) and flow.shape == (2, 2, 12, 16)
+    _, _, image_only = model._reconstruct(image, flow, torch.rand(2, 1, 12, 16))
+    assert torch.equal(image_only, torch.zeros_like(flow))
+    # a constant flow field normalises to the same value at any input size and stride
+    constant = torch.ones(1, 2, 40, 60) * 3.0
+    _, small = MotionVOSModel(MotionVOSNetConfig(**TINY_NET, input_stride=1)).normalize(torch.rand(1, 3, 40, 60), constant)
+    _, strided = model.normalize(torch.rand(1, 3, 40, 60), constant)
+    assert torch.allclose(small.mean(), strided.mean()) and torch.allclose(strided, strided.flatten()[0])
+    with pytest.raises(ValueError, match="normalizer"):
+        MotionVOSModel(MotionVOSNetConfig(**TINY_NET, normalizer="mean"))
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def test_crop_flip_resize_transforms_image_and_flow_identically():
+    height, width = 60, 90
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = np.zeros((height, width, 3), dtype=np.uint8)
+    image[..., 0] = np.round(xs / (width - 1) * 255)  # the red channel encodes x
+    image[..., 1] = np.round(ys / (height - 1) * 255)  # the green channel encodes y
+    flow = np.stack([0.1 * xs + 1.0, 0.05 * ys - 2.0], axis=-1)
+    before = (image.copy(), flow.copy())
+    size = (24, 40)
+    flips = set()
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        out_img, out_flow = crop_flip_resize(image, flow, rng, size, min_scale=0.6, flip=True)
+        assert out_img.shape == (*size, 3) and out_flow.shape == (*size, 2)
+        x = out_img[..., 0].astype(np.float64) / 255 * (width - 1)
+        y = out_img[..., 1].astype(np.float64) / 255 * (height - 1)
+        flipped = x[:, 0].mean() > x[:, -1].mean()
+        flips.add(flipped)
+        # crop size from the recovered coordinates' span
+        crop_w = (x.max() - x.min()) * size[1] / (size[1] - 1)
+        crop_h = (y.max() - y.min()) * size[0] / (size[0] - 1)
+        sx, sy = size[1] / crop_w, size[0] / crop_h
+        want_x = (0.1 * x + 1.0) * sx * (-1 if flipped else 1)
+        want_y = (0.05 * y - 2.0) * sy
+        inner = (slice(2, -2), slice(2, -2))
+        assert np.abs(out_flow[..., 0][inner] - want_x[inner]).max() < 0.05 * np.abs(want_x).max() + 0.05
+        assert np.abs(out_flow[..., 1][inner] - want_y[inner]).max() < 0.05 * np.abs(want_y).max() + 0.05
+    assert flips == {True, False}
+    assert np.array_equal(before[0], image) and np.array_equal(before[1], flow)  # inputs untouched
+
+
+def test_resize_flow_scales_vectors():
+    flow = np.ones((10, 20, 2), dtype=np.float32) * np.array([2.0, -1.0], dtype=np.float32)
+    out = resize_flow(flow, (5, 40))
+    assert out.shape == (5, 40, 2)
+    assert np.allclose(out[..., 0], 4.0) and np.allclose(out[..., 1], -0.5)
+
+
+# ---------------------------------------------------------------------- orientation, baseline
+
+
+def test_orient_foreground_takes_the_complement_of_a_border_covering_mask():
+    prob = np.zeros((50, 80), dtype=np.float32)
+    prob[15:35, 25:55] = 1
+    assert np.array_equal(orient_foreground(prob), prob)
+    assert border_coverage(1 - prob) == 1.0
+    assert np.array_equal(orient_foreground(1 - prob), prob)
+    # a mask touching a small part of the border is kept
+    touching = prob.copy()
+    touching[15:35, 0:55] = 1
+    assert np.array_equal(orient_foreground(touching), touching)
+
+
+def test_flow_magnitude_baseline_finds_a_moving_object_on_either_moving_layer():
+    obj = np.zeros((40, 60), dtype=bool)
+    obj[10:30, 20:45] = True
+    flow = np.zeros((40, 60, 2), dtype=np.float32)
+    flow[obj] = (3.0, 1.0)
+    assert np.array_equal(flow_magnitude_foreground(flow) > 0.5, obj)
+    panning = np.zeros_like(flow)
+    panning[~obj] = (2.0, 0.0)  # camera pans, the object is still in the image
+    assert np.array_equal(flow_magnitude_foreground(panning) > 0.5, obj)
+    assert not flow_magnitude_foreground(np.zeros_like(flow)).any()
+
+
+# --------------------------------------------------------------------------------- data
+
+
+def test_pair_dataset_lists_cached_pairs_and_names_missing_flow(tmp_path):
+    root, flows = tmp_path / "davis", tmp_path / "flows"
+    make_motion_set(root, flows, num_sequences=2, num_frames=4)
+    davis = DavisDataset(root, 2017, "train")
+    data = MotionPairDataset(davis, flows, gaps=(1, -1), augment=PairAugmentConfig(size=(16, 24)))
+    assert data.clip_counts() == [4]
+    item = data[(0, 1)]
+    assert item["image"].shape == (3, 16, 24) and item["flow"].shape == (2, 16, 24)
+    assert 0 <= float(item["image"].min()) and float(item["image"].max()) <= 1
+    with pytest.raises(InputError, match="no cached flow"):
+        MotionPairDataset(davis, flows, gaps=(2,))
+    with pytest.raises(InputError, match="flow folder not found"):
+        MotionPairDataset(davis, tmp_path / "nowhere")
+
+
+# -------------------------------------------------------------------------------- tools
+
+
+def test_train_then_eval_tools_end_to_end(tmp_path):
+    from densessl.eval.davis_metrics import evaluate_results
+    from densessl.tools.eval_motion_vos import main as eval_main
+    from densessl.tools.train_motion_vos import main as train_main
+    from densessl.video.motion_vos_eval import load_motion_vos
+
+    root, flows = tmp_path / "davis", tmp_path / "flows"
+    make_motion_set(root, flows, num_sequences=4, num_frames=4)
+    common = [
+        f"data.davis_root={root}", f"data.flow_root={flows}", "data.year=2017", "data.split=train",
+        "data.gaps=[1]", "model.generator_widths=[4,8]", "model.inpainter_widths=[4,8]", "model.dilations=[2]",
+        "augment.size=[16,24]", "train.batch_size=2", "train.num_workers=0", f"train.out_dir={tmp_path / 'runs'}",
+        "train.name=t", "train.progress=false", "train.max_steps=4", "train.log_every=1",
+        f"eval.davis_root={root}", "eval.year=2017",
+    ]
+    assert train_main(["--config", "configs/motion_vos.yaml", *common, "train.stop_after=2"]) == 0
+    assert train_main(["--config", "configs/motion_vos.yaml", *common, "--resume"]) == 0
+    run = tmp_path / "runs" / "t"
+    logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if r.get("kind", "train") == "train"] == [1, 2, 3, 4]
+    model = load_motion_vos(run / "checkpoints" / "motion_vos.pt")
+    assert int(model.steps_done) == 4
+    last = load_motion_vos(run / "checkpoints" / "last.pt")
+    for a, b in zip(model.state_dict().values(), last.state_dict().values()):
+        assert torch.equal(a, b)
+
+    davis_before = sorted(p.stat().st_mtime_ns for p in root.rglob("*"))
+    out = tmp_path / "eval"
+    args = ["--davis-root", str(root), "--year", "2017", "--flow-root", str(flows), "--gaps", "+1",
+            "--size", "16", "24", "--device", "cpu", "--overlays", "2"]
+    assert eval_main(["--checkpoint", str(run / "checkpoints" / "motion_vos.pt"), *args, "--out", str(out)]) == 0
+    assert sorted(p.stat().st_mtime_ns for p in root.rglob("*")) == davis_before
+    scores = evaluate_results(root, out / "raw", year=2017, task="unsupervised", num_workers=0)
+    with open(out / "raw" / "global_results-val.csv") as handle:
+        row = next(csv.DictReader(handle))
+    assert float(row["J-Mean"]) == pytest.approx(scores.global_row["J-Mean"], abs=1e-6)
+    assert (out / "overlays").is_dir() and json.loads((out / "settings.json").read_text())["gaps"] == [1]
+
+    base = tmp_path / "baseline"
+    assert eval_main(["--baseline", "flow-magnitude", *args, "--out", str(base)]) == 0
+    assert eval_main(["--baseline", "flow-magnitude", *args, "--out", str(base)]) == 2  # not empty
+    assert eval_main(["--baseline", "flow-magnitude", *args, "--out", str(root / "inside")]) == 2
+    assert eval_main(["--baseline", "flow-magnitude", *args, "--gaps", "0", "--out", str(tmp_path / "g")]) == 2
+
