@@ -19,15 +19,6 @@ def add_backbone_args(parser: argparse.ArgumentParser) -> None:
                        help="seed for randomly initialised backbones (default 0)")
 
 
-def add_davis_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("data")
-    group.add_argument("--davis-root", required=True, help="DAVIS-style dataset folder")
-    group.add_argument("--year", type=int, default=2017, choices=(2016, 2017))
-    group.add_argument("--set", dest="split", default="val", help="image set (default val)")
-    group.add_argument("--resolution", default="480p")
-    group.add_argument("--sequences", help="comma-separated subset of sequences")
-
-
 def add_protocol_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("propagation protocol")
     group.add_argument("--protocol", default="crw", choices=sorted(PRESETS))
@@ -92,14 +83,3 @@ def build_backbone(args: argparse.Namespace):
     if args.out_layer:
         kwargs["out_layer"] = args.out_layer
     return create_backbone(args.backbone, weights=args.weights, **kwargs)
-
-
-def dataset_from_args(args: argparse.Namespace):
-    """The DAVIS set named by the data options (``--davis-root``, ``--year``, ``--set`` ...)."""
-    from densessl.datasets.davis import DavisDataset
-
-    sequences = None
-    if args.sequences:
-        sequences = [name.strip() for name in args.sequences.split(",") if name.strip()]
-    return DavisDataset(args.davis_root, year=args.year, split=args.split,
-                        resolution=args.resolution, sequences=sequences)

@@ -25,12 +25,14 @@ import numpy as np
 
 from densessl.datasets.davis import DavisDataset, DavisSequence
 from densessl.datasets.flow_cache import DEFAULT_GAPS, flow_path, gap_folder, parse_gap
+from densessl.datasets.flow_io import FLO_MAGIC
 from densessl.errors import InputError
 from densessl.tools._common import run_main
+from densessl.tools._davis_args import add_davis_args, dataset_from_args, lies_inside
 from densessl.video.optical_flow import DEFAULT_PRESET, PRESETS, create_dis, dis_flow, to_gray
 
 MAX_CHUNK_FRAMES = 16
-_FLO_MAGIC_BYTES = np.array([202021.25], dtype="<f4").tobytes()
+_FLO_MAGIC_BYTES = np.array([FLO_MAGIC], dtype="<f4").tobytes()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,14 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compute OpenCV DIS optical flow between frames t and t+gap of DAVIS-style "
         "videos and cache it as <out>/<gap>/<seq>/<frame>.flo (resumable).",
     )
-    # The DAVIS options of the propagation tools, without their torch import.
-    data = parser.add_argument_group("data")
-    data.add_argument("--davis-root", required=True, help="DAVIS-style dataset folder")
-    data.add_argument("--year", type=int, default=2017, choices=(2016, 2017))
-    data.add_argument("--set", "--split", dest="split", default="val",
-                      help="image set (default val)")
-    data.add_argument("--resolution", default="480p")
-    data.add_argument("--sequences", help="comma-separated subset of sequences")
+    add_davis_args(parser)
     parser.add_argument("--out", required=True, help="flow folder (<out>/<gap>/<seq>/<frame>.flo)")
     parser.add_argument("--inside-dataset", action="store_true",
                         help="allow --out to lie inside the dataset folder")
@@ -82,9 +77,7 @@ def parse_gaps(texts: Sequence[str]) -> list[int]:
 
 def check_output(out: Path, davis_root: Path, inside_dataset: bool) -> None:
     """Refuse an output folder inside the dataset (unless allowed) or an output that is a file."""
-    out_resolved, root_resolved = out.resolve(), davis_root.resolve()
-    inside = out_resolved == root_resolved or root_resolved in out_resolved.parents
-    if inside and not inside_dataset:
+    if lies_inside(out, davis_root) and not inside_dataset:
         raise InputError(
             "output folder lies inside the dataset folder; choose another or pass --inside-dataset", out
         )
@@ -304,14 +297,6 @@ def compute_flows(
         "pairs_per_second": computed / seconds if seconds > 0 else 0.0,
         "workers": max(workers, 1),
     }
-
-
-def dataset_from_args(args: argparse.Namespace) -> DavisDataset:
-    sequences = None
-    if args.sequences:
-        sequences = [name.strip() for name in args.sequences.split(",") if name.strip()]
-    return DavisDataset(args.davis_root, year=args.year, split=args.split,
-                        resolution=args.resolution, sequences=sequences)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,13 +15,11 @@ from pathlib import Path
 from densessl.tools._common import run_main
 from densessl.tools._propagation_args import (
     add_backbone_args,
-    add_davis_args,
     add_protocol_args,
     build_backbone,
     config_from_args,
-    dataset_from_args,
 )
-from densessl.tools.propagate import prepare_output
+from densessl.tools._davis_args import add_davis_args, dataset_from_args, prepare_output
 
 
 def build_parser() -> argparse.ArgumentParser:

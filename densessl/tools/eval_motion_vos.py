@@ -22,8 +22,7 @@ import numpy as np
 from densessl.datasets.flow_cache import DEFAULT_GAPS, parse_gap
 from densessl.errors import InputError
 from densessl.tools._common import run_main
-from densessl.tools._propagation_args import add_davis_args, dataset_from_args
-from densessl.tools.propagate import prepare_output
+from densessl.tools._davis_args import add_davis_args, dataset_from_args, prepare_output
 
 
 def build_parser() -> argparse.ArgumentParser:

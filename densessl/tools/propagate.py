@@ -11,16 +11,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from densessl.errors import InputError
 from densessl.tools._common import run_main
 from densessl.tools._propagation_args import (
     add_backbone_args,
-    add_davis_args,
     add_protocol_args,
     build_backbone,
     config_from_args,
-    dataset_from_args,
 )
+from densessl.tools._davis_args import add_davis_args, dataset_from_args, prepare_output
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,16 +35,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true",
                         help="allow writing into a non-empty output folder")
     return parser
-
-
-def prepare_output(out: Path, overwrite: bool, davis_root: Path) -> None:
-    """Refuse non-empty outputs without --overwrite, and outputs inside the dataset."""
-    out_resolved, root_resolved = out.resolve(), davis_root.resolve()
-    if out_resolved == root_resolved or root_resolved in out_resolved.parents:
-        raise InputError("output folder lies inside the dataset folder; choose another", out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise InputError("output folder is not empty (pass --overwrite)", out)
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
