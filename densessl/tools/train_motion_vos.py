@@ -69,30 +69,13 @@ class MotionVOSConfig:
 
 def validate(cfg: MotionVOSConfig) -> None:
     """Cross-section checks, naming the keys."""
-    from densessl.models.unet import NORMS
-
     if not cfg.data.davis_root:
         raise InputError("no training frames: set data.davis_root (a DAVIS-style folder)")
     if not cfg.data.flow_root:
         raise InputError("no cached flow: set data.flow_root (compute it with tools/compute_flow.py)")
     if not cfg.data.gaps or 0 in cfg.data.gaps:
         raise InputError(f"data.gaps must be nonzero frame offsets, got {cfg.data.gaps}")
-    m = cfg.model
-    if m.norm not in NORMS:
-        raise InputError(f"model.norm must be one of {', '.join(NORMS)}, got {m.norm!r}")
-    if m.generator_steps < 1:
-        raise InputError(f"model.generator_steps must be >= 1, got {m.generator_steps}")
-    if m.input_stride < 1:
-        raise InputError(f"model.input_stride must be >= 1, got {m.input_stride}")
-    from densessl.video.motion_vos import NORMALIZERS
-
-    if m.normalizer not in NORMALIZERS:
-        raise InputError(f"model.normalizer must be one of {', '.join(NORMALIZERS)}, got {m.normalizer!r}")
-    for key in ("mask_temperature", "flow_scale", "epsilon_per_element"):
-        if not getattr(m, key) > 0:
-            raise InputError(f"model.{key} must be > 0, got {getattr(m, key)}")
-    if not m.generator_widths or not m.inpainter_widths:
-        raise InputError("model.generator_widths and model.inpainter_widths must not be empty")
+    cfg.model.validate()
     cfg.augment.validate()
 
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from densessl.datasets.motion_pairs import resize_flow, resize_image
 from densessl.losses.cis import REFERENCE_EPSILON_PER_ELEMENT, cis_terms
 from densessl.models.unet import Decoder, DilatedBottleneck, Encoder, UNet
 
@@ -51,6 +52,24 @@ class MotionVOSNetConfig:
     hard_context: bool = True  # the inpainter sees the thresholded mask (straight-through gradient)
     normalizer: str = "image_only"  # D(m) from the image-only inpainter, or "zero": from zero flow (|u|)
     input_stride: int = 2  # the networks and the loss work at 1/input_stride of the input size
+
+    def validate(self) -> None:
+        """InputError naming the first bad setting (as ``model.<key>``)."""
+        from densessl.errors import InputError
+        from densessl.models.unet import NORMS
+
+        if self.norm not in NORMS:
+            raise InputError(f"model.norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        if self.normalizer not in NORMALIZERS:
+            raise InputError(f"model.normalizer must be one of {', '.join(NORMALIZERS)}, got {self.normalizer!r}")
+        for key in ("generator_steps", "input_stride"):
+            if getattr(self, key) < 1:
+                raise InputError(f"model.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("mask_temperature", "flow_scale", "epsilon_per_element"):
+            if not getattr(self, key) > 0:
+                raise InputError(f"model.{key} must be > 0, got {getattr(self, key)}")
+        if not self.generator_widths or not self.inpainter_widths:
+            raise InputError("model.generator_widths and model.inpainter_widths must not be empty")
 
 
 class MaskGenerator(nn.Module):
@@ -136,12 +155,7 @@ class MotionVOSModel(nn.Module):
     def __init__(self, config: MotionVOSNetConfig | None = None) -> None:
         super().__init__()
         cfg = config or MotionVOSNetConfig()
-        if cfg.generator_steps < 1:
-            raise ValueError(f"generator_steps must be >= 1, got {cfg.generator_steps}")
-        if cfg.input_stride < 1:
-            raise ValueError(f"input_stride must be >= 1, got {cfg.input_stride}")
-        if cfg.normalizer not in NORMALIZERS:
-            raise ValueError(f"normalizer must be one of {', '.join(NORMALIZERS)}, got {cfg.normalizer!r}")
+        cfg.validate()
         self.config = cfg
         self.generator = MaskGenerator(cfg.generator_widths, cfg.dilations, cfg.norm, cfg.mask_temperature)
         self.inpainter = FlowInpainter(cfg.inpainter_widths, cfg.dilations, cfg.norm)
@@ -239,14 +253,6 @@ def orient_foreground(prob: np.ndarray, threshold: float = BORDER_FRACTION) -> n
     return 1.0 - prob if border_coverage(prob) >= threshold else prob
 
 
-def _resize_flow(flow: Tensor, size: tuple[int, int]) -> Tensor:
-    """``B×2×h×w`` flow in pixels → ``B×2×H×W`` with the vectors rescaled to the new size."""
-    h, w = flow.shape[-2:]
-    out = F.interpolate(flow, size=size, mode="bilinear", align_corners=False)
-    scale = torch.tensor([size[1] / w, size[0] / h], device=flow.device, dtype=flow.dtype).view(1, 2, 1, 1)
-    return out * scale
-
-
 @torch.no_grad()
 def predict_foreground(
     model: MotionVOSModel,
@@ -269,10 +275,11 @@ def predict_foreground(
     height, width = image.shape[:2]
     if flow.shape[:2] != (height, width):
         raise ValueError(f"flow size {flow.shape[:2]} differs from the frame size {(height, width)}")
-    img = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float() / 255.0
-    fl = torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32)).to(device).permute(2, 0, 1)[None]
-    img = F.interpolate(img, size=size, mode="bilinear", align_corners=False, antialias=True)
-    fl = _resize_flow(fl, size)
+    # the same resizing as the training pairs
+    small_image = resize_image(np.ascontiguousarray(image), size)
+    small_flow = resize_flow(np.ascontiguousarray(flow, dtype=np.float32), size)
+    img = torch.from_numpy(small_image).to(device).permute(2, 0, 1)[None].float() / 255.0
+    fl = torch.from_numpy(small_flow).to(device).permute(2, 0, 1)[None]
     inputs = [(img, fl)]
     if flip:
         mirrored = fl.flip(-1)
