@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -39,6 +40,20 @@ def parse_gap(text: str) -> int:
     if gap == 0:
         raise InputError("a flow gap must be a nonzero frame offset, got 0")
     return gap
+
+
+def parse_gaps(texts: Sequence[str]) -> list[int]:
+    """``['+1', '-1,+2']`` → ``[1, -1, 2]`` (commas allowed, duplicates dropped, order kept)."""
+    gaps: list[int] = []
+    for text in texts:
+        for part in str(text).split(","):
+            if part.strip():
+                gap = parse_gap(part)
+                if gap not in gaps:
+                    gaps.append(gap)
+    if not gaps:
+        raise InputError("no flow gaps given", "--gaps")
+    return gaps
 
 
 def flow_path(flow_root: str | os.PathLike, gap: int, sequence: str, frame_name: str, suffix: str = ".flo") -> Path:

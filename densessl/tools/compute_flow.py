@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from densessl.datasets.davis import DavisDataset, DavisSequence
-from densessl.datasets.flow_cache import DEFAULT_GAPS, flow_path, gap_folder, parse_gap
+from densessl.datasets.flow_cache import DEFAULT_GAPS, flow_path, gap_folder, parse_gaps
 from densessl.datasets.flow_io import FLO_MAGIC
 from densessl.errors import InputError
 from densessl.tools._common import run_main
@@ -59,20 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="recompute files that already exist (default: skip them)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
-
-
-def parse_gaps(texts: Sequence[str]) -> list[int]:
-    """``['+1', '-1,+2']`` → ``[1, -1, 2]`` (commas allowed, duplicates dropped, order kept)."""
-    gaps: list[int] = []
-    for text in texts:
-        for part in str(text).split(","):
-            if part.strip():
-                gap = parse_gap(part)
-                if gap not in gaps:
-                    gaps.append(gap)
-    if not gaps:
-        raise InputError("no flow gaps given", "--gaps")
-    return gaps
 
 
 def check_output(out: Path, davis_root: Path, inside_dataset: bool) -> None:

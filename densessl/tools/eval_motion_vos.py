@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from densessl.datasets.flow_cache import DEFAULT_GAPS, parse_gap
+from densessl.datasets.flow_cache import DEFAULT_GAPS, parse_gaps
 from densessl.errors import InputError
 from densessl.tools._common import run_main
 from densessl.tools._davis_args import add_davis_args, dataset_from_args, prepare_output
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(f"--threshold must lie in (0, 1), got {args.threshold}")
         if min(args.size) < 8:
             raise InputError(f"--size must be at least 8×8, got {args.size}")
-        gaps = tuple(parse_gap(g) for g in args.gaps)
+        gaps = tuple(parse_gaps(args.gaps))
         flow_root = Path(args.flow_root)
         if not flow_root.is_dir():
             raise InputError("flow folder not found (compute it with tools/compute_flow.py)", flow_root)
