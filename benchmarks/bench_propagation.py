@@ -23,18 +23,18 @@ import torch.nn.functional as F
 from densessl.datasets.davis import DavisDataset
 from densessl.models.backbones import create_backbone
 from densessl.video.davis_propagation import propagate_dataset, resolve_device
-from densessl.video.propagation import make_config, propagate_labels
+from densessl.tools._propagation_args import config_from_args
+from densessl.video.propagation import PropagationConfig, propagate_labels
 
 MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis2016_mini"
 
 
-def search_only(device: torch.device, frames: int, channels: int, protocol: str) -> float:
+def search_only(device: torch.device, frames: int, channels: int, config: PropagationConfig) -> float:
     """Seconds per frame of the neighbour search + label gathering on 60×107 features."""
     generator = torch.Generator().manual_seed(0)
     features = F.normalize(torch.randn(frames, channels, 60, 107, generator=generator), dim=1)
     features = features.to(device)
     first = torch.rand(3, 60, 107, device=device)
-    config = make_config(protocol)
     propagate_labels(features[:3], first, 3, config)  # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -58,7 +58,12 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     parser.add_argument("--search-frames", type=int, default=12)
+    parser.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                        help="protocol override, e.g. search_precision=bf16 or tile=6")
     args = parser.parse_args()
+    config = config_from_args(argparse.Namespace(
+        protocol=args.protocol, opt=args.opt, topk=None, radius=None, num_recent=None, temperature=None,
+        window=None))
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -80,13 +85,14 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         timing = propagate_dataset(backbone, dataset, Path(scratch) / "out",
-                                   make_config(args.protocol), device=device, progress=False)
+                                   config, device=device, progress=False)
         peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
-    search = search_only(device, args.search_frames, 256, args.protocol)
+    search = search_only(device, args.search_frames, 256, config)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
-    print(f"device: {name}; torch {torch.__version__}; {args.backbone}, protocol {args.protocol}")
+    print(f"device: {name}; torch {torch.__version__}; {args.backbone}, protocol {args.protocol}"
+          + (f" with {', '.join(args.opt)}" if args.opt else ""))
     print("| set | frames | seconds | frames/s | s/frame | peak GPU GiB | search-only s/frame |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     print(f"| {root.name} | {timing['frames']} | {timing['seconds']:.1f} | "

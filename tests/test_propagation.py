@@ -37,7 +37,7 @@ def _naive_window(height, width, radius, shape):
 @pytest.mark.parametrize(
     "height,width,radius,shape,tile",
     [(13, 17, 3, "euclidean", 4), (9, 22, 2.5, "square", 8), (20, 11, 12, "euclidean", 8),
-     (5, 5, 1, "square", 3), (16, 16, 4, "square", 16)],
+     (5, 5, 1, "square", 3), (16, 16, 4, "square", 16), (30, 41, 12, "euclidean", 12)],
 )
 def test_windowed_topk_matches_masked_dense(height, width, radius, shape, tile):
     generator = torch.Generator().manual_seed(height * width)

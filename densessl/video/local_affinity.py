@@ -127,7 +127,7 @@ class WindowedTopK:
         shape: WindowShape,
         k: int,
         *,
-        tile: int = 8,
+        tile: int = 12,
         device: torch.device | str = "cpu",
     ) -> None:
         self.height, self.width, self.tile = height, width, tile
@@ -138,6 +138,7 @@ class WindowedTopK:
             height, width, tile, self.reach, radius, shape, torch.device(device)
         )
         self._biases: dict[torch.dtype, Tensor] = {}
+        self._rows: Tensor | None = None
         self.tiles_y = math.ceil(height / tile)
         self.tiles_x = math.ceil(width / tile)
         self.num_tiles = self.tiles_y * self.tiles_x
@@ -162,14 +163,29 @@ class WindowedTopK:
         return blocks.permute(0, 3, 2, 1).contiguous()
 
     def key_tiles(self, keys: Tensor) -> Tensor:
-        """``B×C×h×w`` keys → ``B×L×C×S²`` windows (overlapping: compute once per key frame)."""
+        """``B×C×h×w`` keys → ``B×L×S²×C`` windows (overlapping: compute once per key frame).
+
+        One gather of channel-contiguous rows from a padded channels-last copy: windows overlap
+        ``(S / tile)²``-fold, so this copy, not the matmul, is the expensive part on CPUs."""
         batch, channels = keys.shape[:2]
         self._check_size(keys)
-        reach, span = self.reach, self.span
+        reach = self.reach
         padded = F.pad(keys, (reach, reach + self.pad_w, reach, reach + self.pad_h))
-        windows = F.unfold(padded, kernel_size=span, stride=self.tile)  # B×(C·S²)×L
-        windows = windows.view(batch, channels, span * span, self.num_tiles)
-        return windows.permute(0, 3, 1, 2).contiguous()
+        rows = padded.permute(0, 2, 3, 1).reshape(batch, -1, channels)  # B×(H'·W')×C
+        windows = rows.index_select(1, self._window_rows(padded.shape[-1], keys.device))
+        return windows.view(batch, self.num_tiles, self.span * self.span, channels)
+
+    def _window_rows(self, padded_width: int, device: torch.device) -> Tensor:
+        """``L·S²`` row indices into the padded ``(H'·W')×C`` key matrix, tile by tile."""
+        if self._rows is None or self._rows.device != device:
+            span, tile = self.span, self.tile
+            offsets = torch.arange(span, device=device)
+            window = (offsets.view(span, 1) * padded_width + offsets.view(1, span)).flatten()
+            origin_y = torch.arange(self.tiles_y, device=device) * tile * padded_width
+            origin_x = torch.arange(self.tiles_x, device=device) * tile
+            origins = (origin_y.view(-1, 1) + origin_x.view(1, -1)).flatten()
+            self._rows = (origins.view(-1, 1) + window.view(1, -1)).flatten()
+        return self._rows
 
     def topk_tiles(self, query_tiles: Tensor, key_tiles: Tensor) -> tuple[Tensor, Tensor]:
         """Top-k from pre-tiled inputs (see :meth:`query_tiles`, :meth:`key_tiles`).
@@ -186,7 +202,7 @@ class WindowedTopK:
         affinity = torch.baddbmm(
             bias.reshape(batch * num_tiles, *bias.shape[2:]),
             query_tiles.reshape(batch * num_tiles, *query_tiles.shape[2:]),
-            key_tiles.reshape(batch * num_tiles, *key_tiles.shape[2:]),
+            key_tiles.reshape(batch * num_tiles, *key_tiles.shape[2:]).transpose(1, 2),
         ).view(batch, num_tiles, tile * tile, -1)  # B×L×t²×S²
         top = affinity.topk(self.k, dim=-1)  # B×L×t²×k
         positions = self.key_position.unsqueeze(1).expand(-1, tile * tile, -1)
@@ -217,7 +233,7 @@ class WindowedTopK:
 
 
 def windowed_topk(
-    queries: Tensor, keys: Tensor, radius: float, shape: WindowShape, k: int, *, tile: int = 8
+    queries: Tensor, keys: Tensor, radius: float, shape: WindowShape, k: int, *, tile: int = 12
 ) -> tuple[Tensor, Tensor]:
     """One-off form of :class:`WindowedTopK` (``B×C×h×w`` inputs → ``B×(h·w)×k`` outputs)."""
     _, _, height, width = queries.shape

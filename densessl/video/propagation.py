@@ -60,7 +60,7 @@ class PropagationConfig:
     """Resize frames so the short side has this length (None: native resolution)."""
     long_side_multiple: int = 1
     """Floor the long side to a multiple of this after resizing (DINO: 64)."""
-    tile: int = 8
+    tile: int = 12
     """Query block size of the windowed top-k (speed only)."""
     search_precision: Literal["fp32", "bf16"] = "fp32"
     """``bf16``: neighbour search in bfloat16, then exact float32 re-scoring of the best
