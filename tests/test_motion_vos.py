@@ -19,7 +19,8 @@ from densessl.errors import InputError
 from densessl.losses.cis import REFERENCE_EPSILON_PER_ELEMENT, charbonnier, cis_terms
 from densessl.models.unet import UNet
 from densessl.video.motion_vos import (
-    MotionVOSModel, MotionVOSNetConfig, border_coverage, flow_magnitude_foreground, orient_foreground,
+    MotionVOSModel, MotionVOSNetConfig, border_coverage, camera_compensated_foreground, fit_background_motion,
+    flow_magnitude_foreground, orient_foreground,
 )
 
 TINY_NET = dict(generator_widths=(4, 8), inpainter_widths=(4, 8), dilations=(2,))
@@ -242,6 +243,37 @@ def test_flow_magnitude_baseline_finds_a_moving_object_on_either_moving_layer():
     assert not flow_magnitude_foreground(np.zeros_like(flow)).any()
 
 
+def _zooming_scene(model: str) -> tuple[np.ndarray, np.ndarray]:
+    """A camera that zooms, rotates and pans (quadratic terms too for ``model='quadratic'``)
+    over the background, and an object moving its own way in front of it."""
+    height, width = 48, 80
+    ys, xs = np.meshgrid(np.linspace(-1, 1, height), np.linspace(-1, 1, width), indexing="ij")
+    camera = np.stack([1.5 + 4.0 * xs - 1.0 * ys, -0.5 + 1.0 * xs + 4.0 * ys], axis=-1)
+    if model == "quadratic":
+        camera += np.stack([1.5 * xs * xs, -1.0 * xs * ys], axis=-1)
+    obj = (ys - 0.1) ** 2 / 0.2 + (xs + 0.2) ** 2 / 0.12 < 1
+    flow = camera.astype(np.float32)
+    flow[obj] = (-2.0, 1.5)
+    return flow, obj
+
+
+@pytest.mark.parametrize("model", ["affine", "quadratic"])
+def test_fitted_camera_motion_ignores_the_object_and_the_compensated_baseline_finds_it(model):
+    flow, obj = _zooming_scene(model)
+    fitted = fit_background_motion(flow, model)
+    background_error = np.linalg.norm(fitted - flow, axis=-1)[~obj]
+    assert background_error.max() < 0.05  # exact up to the robust weights' pull of the object
+    mask = camera_compensated_foreground(flow, model) > 0.5
+    iou = (mask & obj).sum() / (mask | obj).sum()
+    assert iou > 0.95
+    magnitude = flow_magnitude_foreground(flow) > 0.5
+    assert (magnitude & obj).sum() / (magnitude | obj).sum() < 0.5  # the zoom fools |flow|
+    if model == "quadratic":  # an affine fit cannot follow the quadratic terms
+        assert np.linalg.norm(fit_background_motion(flow, "affine") - flow, axis=-1)[~obj].max() > 0.3
+    with pytest.raises(ValueError, match="model"):
+        fit_background_motion(flow, "homography")
+
+
 # --------------------------------------------------------------------------------- data
 
 
@@ -304,6 +336,8 @@ def test_train_then_eval_tools_end_to_end(tmp_path):
     base = tmp_path / "baseline"
     assert eval_main(["--baseline", "flow-magnitude", *args, "--out", str(base)]) == 0
     assert eval_main(["--baseline", "flow-magnitude", *args, "--out", str(base)]) == 2  # not empty
+    assert eval_main(["--baseline", "camera-compensated", *args, "--out", str(tmp_path / "cc")]) == 0
+    assert json.loads((tmp_path / "cc" / "settings.json").read_text())["baseline"] == "camera-compensated"
     assert eval_main(["--baseline", "flow-magnitude", *args, "--out", str(root / "inside")]) == 2
     assert eval_main(["--baseline", "flow-magnitude", *args, "--gaps", "0", "--out", str(tmp_path / "g")]) == 2
 

@@ -2,7 +2,8 @@
 
 ``python tools/eval_motion_vos.py --checkpoint runs/cis/checkpoints/motion_vos.pt --davis-root
 DAVIS --flow-root FLOWS --out results/cis [--flip] [--crf]``; ``--baseline flow-magnitude``
-scores the Otsu flow-magnitude threshold instead of a model.
+(Otsu threshold of |flow|) or ``--baseline camera-compensated`` (Otsu threshold of the residual of
+a robust camera-motion fit) scores a baseline instead of a model.
 
 Writes ``<out>/raw/<seq>/<frame>.png`` (0/255 masks in the official format) with the official
 CSVs beside them, ``<out>/crf/...`` likewise with ``--crf``, overlay strips under
@@ -35,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="motion_vos.pt (exported) or a training checkpoint last.pt")
-    source.add_argument("--baseline", choices=("flow-magnitude",), help="score a baseline instead of a model")
+    source.add_argument("--baseline", choices=("flow-magnitude", "camera-compensated"),
+                        help="score a baseline instead of a model: flow-magnitude (Otsu on |flow|) or "
+                             "camera-compensated (Otsu on |flow − robust quadratic camera-motion fit|)")
     add_davis_args(parser)
     parser.set_defaults(year=2016)
     parser.add_argument("--flow-root", required=True, help="cached flow (<flow-root>/<gap>/<seq>/<frame>.flo)")
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         from densessl.eval.visualize import save_overlay_strip
         from densessl.video.davis_propagation import resolve_device
         from densessl.video.motion_vos_eval import (
-            MotionPredictConfig, evaluate_predictor, load_motion_vos, magnitude_predictor, model_predictor,
+            MotionPredictConfig, baseline_predictor, evaluate_predictor, load_motion_vos, model_predictor,
             score_sequence,
         )
 
@@ -95,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             device = resolve_device(args.device)
             predictor = model_predictor(load_motion_vos(args.checkpoint).to(device), config, device)
         else:
-            predictor = magnitude_predictor()
+            predictor = baseline_predictor(args.baseline)
 
         refined_objects = []
 
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             result.task, result.year, result.split = "unsupervised", dataset.year, args.split
             result.write_csvs(out / kind)
             summary[kind] = result.global_row
-            print(f"\n{kind} masks ({'flow-magnitude baseline' if args.baseline else args.checkpoint}):")
+            print(f"\n{kind} masks ({f'{args.baseline} baseline' if args.baseline else args.checkpoint}):")
             print(result.table())
         settings = {
             "checkpoint": args.checkpoint, "baseline": args.baseline, "davis_root": args.davis_root,

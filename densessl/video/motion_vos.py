@@ -306,3 +306,52 @@ def flow_magnitude_foreground(flow: np.ndarray) -> np.ndarray:
     scaled = np.round(magnitude / top * 255).astype(np.uint8)
     _, binary = cv2.threshold(scaled, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     return orient_foreground(binary.astype(np.float32))
+
+
+PARAMETRIC_MOTION_MODELS = ("affine", "quadratic")
+
+
+def _motion_basis(height: int, width: int, model: str) -> np.ndarray:
+    """``H·W×P`` basis of a parametric flow field over pixel coordinates scaled to [-1, 1]:
+    ``1, x, y`` (affine, 3 per component) plus ``x², xy, y²`` (quadratic, 6 per component)."""
+    ys, xs = np.meshgrid(np.linspace(-1, 1, height), np.linspace(-1, 1, width), indexing="ij")
+    x, y = xs.ravel(), ys.ravel()
+    columns = [np.ones_like(x), x, y]
+    if model == "quadratic":
+        columns += [x * x, x * y, y * y]
+    return np.stack(columns, axis=1)
+
+
+def fit_background_motion(
+    flow: np.ndarray, model: str = "quadratic", iterations: int = 6, grid: int = 64, min_scale: float = 0.1
+) -> np.ndarray:
+    """Robust fit of a parametric (camera) motion to a flow field → the fitted ``H×W×2`` field.
+
+    Iteratively reweighted least squares with Cauchy weights ``1 / (1 + (r / 2.385σ)²)``, where
+    ``σ`` is the weighted median absolute residual × 1.4826 (at least ``min_scale`` pixels), on a
+    ``grid × grid`` subsample of the pixels; independently moving objects get small weights, so
+    the fit follows the dominant (background) motion.
+    """
+    if model not in PARAMETRIC_MOTION_MODELS:
+        raise ValueError(f"model must be one of {', '.join(PARAMETRIC_MOTION_MODELS)}, got {model!r}")
+    height, width = flow.shape[:2]
+    rows = np.linspace(0, height - 1, min(grid, height)).round().astype(int)
+    cols = np.linspace(0, width - 1, min(grid, width)).round().astype(int)
+    full_basis = _motion_basis(height, width, model).reshape(height, width, -1)
+    basis = full_basis[np.ix_(rows, cols)].reshape(-1, full_basis.shape[-1]).astype(np.float64)
+    target = flow[np.ix_(rows, cols)].reshape(-1, 2).astype(np.float64)
+    weights = np.ones(len(target))
+    for _ in range(iterations):
+        root = np.sqrt(weights)[:, None]
+        params, *_ = np.linalg.lstsq(basis * root, target * root, rcond=None)
+        residual = np.linalg.norm(target - basis @ params, axis=1)
+        scale = max(1.4826 * float(np.median(residual)), min_scale)
+        weights = 1.0 / (1.0 + (residual / (2.385 * scale)) ** 2)
+    return (full_basis @ params).astype(np.float32)
+
+
+def camera_compensated_foreground(flow: np.ndarray, model: str = "quadratic") -> np.ndarray:
+    """Baseline: Otsu threshold on ``|flow − fitted camera motion|``, oriented by the border rule
+    → ``H×W`` {0, 1}. Unlike :func:`flow_magnitude_foreground` it is not fooled by a moving camera."""
+    residual = flow.astype(np.float32) - fit_background_motion(flow, model)
+    return flow_magnitude_foreground(residual)

@@ -21,7 +21,9 @@ from densessl.datasets.flow_cache import find_flow, flow_path, gap_folder
 from densessl.datasets.flow_io import read_flow
 from densessl.errors import InputError
 from densessl.eval.davis_metrics import DavisScores, evaluate_sequence_masks
-from densessl.video.motion_vos import MotionVOSModel, flow_magnitude_foreground, predict_foreground
+from densessl.video.motion_vos import (
+    MotionVOSModel, camera_compensated_foreground, flow_magnitude_foreground, predict_foreground,
+)
 
 
 @dataclass
@@ -41,9 +43,17 @@ def model_predictor(model: MotionVOSModel, config: MotionPredictConfig, device: 
     return lambda image, flow: predict_foreground(model, image, flow, tuple(config.size), config.flip, device)
 
 
-def magnitude_predictor() -> FramePredictor:
-    """The flow-magnitude baseline (Otsu threshold on |flow|, border-oriented)."""
-    return lambda image, flow: flow_magnitude_foreground(flow)
+BASELINES = ("flow-magnitude", "camera-compensated")
+
+
+def baseline_predictor(name: str) -> FramePredictor:
+    """``flow-magnitude`` (Otsu on |flow|) or ``camera-compensated`` (Otsu on the residual of a
+    robust quadratic camera-motion fit); both border-oriented."""
+    if name == "flow-magnitude":
+        return lambda image, flow: flow_magnitude_foreground(flow)
+    if name == "camera-compensated":
+        return lambda image, flow: camera_compensated_foreground(flow)
+    raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, got {name!r}")
 
 
 def predict_sequence(
