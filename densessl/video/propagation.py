@@ -64,8 +64,9 @@ class PropagationConfig:
     """Query block size of the windowed top-k (speed only)."""
     search_precision: Literal["fp32", "bf16"] = "fp32"
     """``bf16``: neighbour search in bfloat16, then exact float32 re-scoring of the best
-    ``rescore_factor · topk`` candidates (faster on CPUs with AVX512-BF16 and on GPUs; rankings
-    can differ only between near-ties)."""
+    ``rescore_factor · topk`` candidates (faster on CPUs with AVX512-BF16 and on GPUs). Rankings
+    differ from fp32 only between near-ties, but with low-dimensional features most cosines are
+    near-ties: on the real mini set ``pixels-lab`` J&F moved from 0.430 to 0.462."""
     rescore_factor: int = 3
 
     def validate(self) -> None:
