@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from densessl.datasets.davis import DavisDataset
 from densessl.models.backbones import create_backbone
 from densessl.video.davis_propagation import propagate_dataset, resolve_device
-from densessl.tools._propagation_args import config_from_args
+from densessl.tools._propagation_args import protocol_config
 from densessl.video.propagation import PropagationConfig, propagate_labels
 
 MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis2016_mini"
@@ -61,9 +61,7 @@ def main() -> None:
     parser.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                         help="protocol override, e.g. search_precision=bf16 or tile=6")
     args = parser.parse_args()
-    config = config_from_args(argparse.Namespace(
-        protocol=args.protocol, opt=args.opt, topk=None, radius=None, num_recent=None, temperature=None,
-        window=None))
+    config = protocol_config(args.protocol, args.opt)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

@@ -54,12 +54,17 @@ def _parse_value(field: dataclasses.Field, text: str):
 
 def config_from_args(args: argparse.Namespace) -> PropagationConfig:
     """The protocol preset with the command line's overrides applied."""
-    fields = {field.name: field for field in dataclasses.fields(PropagationConfig)}
     overrides = {}
     for name in ("topk", "radius", "num_recent", "temperature", "window"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
-    for item in args.opt:
+    return protocol_config(args.protocol, args.opt, **overrides)
+
+
+def protocol_config(protocol: str, options: list[str], **overrides) -> PropagationConfig:
+    """The ``protocol`` preset with ``overrides`` and the ``--opt KEY=VALUE`` ``options`` applied."""
+    fields = {field.name: field for field in dataclasses.fields(PropagationConfig)}
+    for item in options:
         key, sep, value = item.partition("=")
         if not sep or key not in fields:
             raise InputError(f"--opt {item}: expected KEY=VALUE with KEY one of {sorted(fields)}")
@@ -68,7 +73,7 @@ def config_from_args(args: argparse.Namespace) -> PropagationConfig:
         except ValueError as error:
             raise InputError(f"--opt {item}: {error}") from error
     try:
-        return make_config(args.protocol, **overrides)
+        return make_config(protocol, **overrides)
     except ValueError as error:
         raise InputError(str(error)) from error
 

@@ -73,7 +73,7 @@ def dense_topk(
 
 def _tile_layout(
     height: int, width: int, tile: int, reach: int, radius: float, shape: WindowShape, device
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """Static pieces of the tiled window computation.
 
     Returns:
@@ -81,6 +81,8 @@ def _tile_layout(
             query ``i`` of that tile (inside the window and inside the image), with
             ``S = tile + 2·reach`` and ``L`` the number of tiles.
         key_position: ``L×S²`` long, the key's flat position ``y·width + x`` (0 where outside).
+        padded_position: ``L×S²`` long, the key's flat position in the zero-padded key map
+            (``reach`` cells before, ``reach`` + the tile padding after, on both axes).
     """
     span = tile + 2 * reach
     padded_h = math.ceil(height / tile) * tile
@@ -94,6 +96,8 @@ def _tile_layout(
     )
     key_position = F.unfold(position, kernel_size=span, stride=tile)[0].T.long()  # L×S²
     inside_image = key_position >= 0
+    padded = torch.arange(position.numel(), device=device, dtype=torch.float64).view(position.shape)
+    padded_position = F.unfold(padded, kernel_size=span, stride=tile)[0].T.long()  # L×S²
 
     offsets = torch.arange(span, device=device)
     key_y, key_x = (offsets - reach).view(span, 1), (offsets - reach).view(1, span)
@@ -102,7 +106,7 @@ def _tile_layout(
     dx = key_x.view(1, 1, 1, span) - query.view(1, tile, 1, 1)
     in_window = window_mask(dy, dx, radius, shape).reshape(tile * tile, span * span)
     mask = in_window.unsqueeze(0) & inside_image.unsqueeze(1)
-    return mask, key_position.clamp_min(0)
+    return mask, key_position.clamp_min(0), padded_position
 
 
 class WindowedTopK:
@@ -134,11 +138,11 @@ class WindowedTopK:
         self.reach = window_reach(radius, shape)
         self.span = tile + 2 * self.reach
         self.k = min(k, self.span * self.span)
-        self.mask, self.key_position = _tile_layout(
+        self.mask, self.key_position, padded_position = _tile_layout(
             height, width, tile, self.reach, radius, shape, torch.device(device)
         )
+        self.window_rows = padded_position.flatten()  # rows of the padded key map, tile by tile
         self._biases: dict[torch.dtype, Tensor] = {}
-        self._rows: Tensor | None = None
         self.tiles_y = math.ceil(height / tile)
         self.tiles_x = math.ceil(width / tile)
         self.num_tiles = self.tiles_y * self.tiles_x
@@ -172,20 +176,8 @@ class WindowedTopK:
         reach = self.reach
         padded = F.pad(keys, (reach, reach + self.pad_w, reach, reach + self.pad_h))
         rows = padded.permute(0, 2, 3, 1).reshape(batch, -1, channels)  # B×(H'·W')×C
-        windows = rows.index_select(1, self._window_rows(padded.shape[-1], keys.device))
+        windows = rows.index_select(1, self.window_rows)
         return windows.view(batch, self.num_tiles, self.span * self.span, channels)
-
-    def _window_rows(self, padded_width: int, device: torch.device) -> Tensor:
-        """``L·S²`` row indices into the padded ``(H'·W')×C`` key matrix, tile by tile."""
-        if self._rows is None or self._rows.device != device:
-            span, tile = self.span, self.tile
-            offsets = torch.arange(span, device=device)
-            window = (offsets.view(span, 1) * padded_width + offsets.view(1, span)).flatten()
-            origin_y = torch.arange(self.tiles_y, device=device) * tile * padded_width
-            origin_x = torch.arange(self.tiles_x, device=device) * tile
-            origins = (origin_y.view(-1, 1) + origin_x.view(1, -1)).flatten()
-            self._rows = (origins.view(-1, 1) + window.view(1, -1)).flatten()
-        return self._rows
 
     def topk_tiles(self, query_tiles: Tensor, key_tiles: Tensor) -> tuple[Tensor, Tensor]:
         """Top-k from pre-tiled inputs (see :meth:`query_tiles`, :meth:`key_tiles`).
