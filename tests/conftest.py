@@ -150,3 +150,28 @@ def tiny_davis_factory(tmp_path: Path) -> Callable[..., Path]:
         return write_tiny_davis(tmp_path / name, **options)
 
     return make
+
+
+def build_kernel_emulator(source_name: str, include_dir: Path, out_dir: Path) -> Path:
+    """Compiles a CUDA-kernel emulation harness (``tests/<source_name>``, see
+    ``tests/cuda_emulation.h``) for the CPU, with AddressSanitizer when available; skips the
+    calling test when no C++20 compiler is found."""
+    import shutil
+    import subprocess
+
+    from torch.utils.cpp_extension import include_paths
+
+    compiler = shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    exe = out_dir / Path(source_name).stem
+    source = Path(__file__).with_name(source_name)
+    cmd = [compiler, "-std=c++20", "-O1", "-pthread", "-Wno-unknown-pragmas",
+           "-I", str(include_dir), *(f"-I{p}" for p in include_paths()), str(source), "-o", str(exe)]
+    sanitized = subprocess.run([*cmd[:2], "-fsanitize=address", *cmd[2:]], capture_output=True,
+                               text=True)
+    if sanitized.returncode != 0:  # no ASan runtime: plain build
+        plain = subprocess.run(cmd, capture_output=True, text=True)
+        if plain.returncode != 0:
+            pytest.skip(f"emulation harness does not compile: {plain.stderr[-2000:]}")
+    return exe

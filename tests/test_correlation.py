@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from densessl.ops import _jit
+from conftest import build_kernel_emulator
 from densessl.ops import correlation as corr
 from densessl.ops.correlation import (
     CorrelationConfig,
@@ -354,25 +355,8 @@ EMULATION_CASES = [
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory) -> Path:
     """The kernels of correlation_kernels.h compiled for the CPU (with AddressSanitizer)."""
-    import shutil
-    import subprocess
-
-    compiler = shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
-        pytest.skip("no C++ compiler")
-    from torch.utils.cpp_extension import include_paths
-
-    exe = tmp_path_factory.mktemp("emulation") / "correlation_kernels_emulation"
-    source = Path(__file__).with_name("correlation_kernels_emulation.cpp")
-    cmd = [compiler, "-std=c++20", "-O1", "-pthread", "-Wno-unknown-pragmas",
-           "-I", str(corr.CSRC), *(f"-I{p}" for p in include_paths()), str(source), "-o", str(exe)]
-    sanitized = subprocess.run([*cmd[:2], "-fsanitize=address", *cmd[2:]], capture_output=True,
-                               text=True)
-    if sanitized.returncode != 0:  # no ASan runtime: plain build
-        plain = subprocess.run(cmd, capture_output=True, text=True)
-        if plain.returncode != 0:
-            pytest.skip(f"emulation harness does not compile: {plain.stderr[-2000:]}")
-    return exe
+    return build_kernel_emulator("correlation_kernels_emulation.cpp", corr.CSRC,
+                                 tmp_path_factory.mktemp("emulation"))
 
 
 @pytest.mark.parametrize("dtype", ["float", "double", "half", "bfloat16"])

@@ -44,7 +44,8 @@ IntPair = Union[int, Sequence[int]]
 CSRC = Path(__file__).resolve().parent / "csrc"
 EXTENSION_NAME = "densessl_correlation"
 EXTENSION_SOURCES = ("correlation.cpp", "correlation_cuda.cu")
-EXTENSION_HEADERS = ("correlation.h", "correlation_params.h", "correlation_kernels.h")
+EXTENSION_HEADERS = ("correlation.h", "correlation_params.h", "correlation_kernels.h",
+                     "kernel_compat.h")
 # The CUDA kernels stage whole displacement rows in shared memory (48 KiB per block); beyond
 # these limits they would not fit, and the reference is used instead.
 MAX_CUDA_PATCH_SPAN = 256  # (patch_size - 1) * dilation_patch, per axis

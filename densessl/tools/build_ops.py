@@ -19,8 +19,9 @@ from densessl.tools._common import run_main
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="build_ops", description="Compile the CUDA correlation extension just in time and "
-        "report the cache folder (TORCH_EXTENSIONS_DIR or ~/.cache/densessl/ops).")
+        prog="build_ops", description="Compile the CUDA extensions (correlation, fused "
+        "propagation top-k) now and report the cache folder (TORCH_EXTENSIONS_DIR or "
+        "~/.cache/densessl/ops).")
     parser.add_argument("--arch", help="CUDA architectures, e.g. '9.0' or '8.0;9.0' (sets "
                         "TORCH_CUDA_ARCH_LIST; needed when no GPU is visible)")
     parser.add_argument("--cache-dir", help="build folder root (sets TORCH_EXTENSIONS_DIR)")
@@ -39,26 +40,27 @@ def main(argv: list[str] | None = None) -> int:
         if args.cache_dir is not None:
             os.environ["TORCH_EXTENSIONS_DIR"] = os.path.abspath(args.cache_dir)
 
-        from densessl.ops import _jit
-        from densessl.ops import correlation
+        from densessl.ops import _jit, context_topk, correlation
 
         print(f"CUDA toolkit: {_jit.find_cuda_home() or 'not found'}")
         print(f"cache folder: {_jit.cache_root()}")
-        start = time.perf_counter()
-        try:
-            module = _jit.build_extension(
-                correlation.EXTENSION_NAME,
-                [correlation.CSRC / name for name in correlation.EXTENSION_SOURCES],
-                headers=[correlation.CSRC / name for name in correlation.EXTENSION_HEADERS],
-                verbose=args.verbose,
-            )
-        except Exception as error:  # noqa: BLE001 - report any build problem in one line
-            reason = _jit.short_reason(error)
-            print(f"error: building {correlation.EXTENSION_NAME} failed: {reason}",
-                  file=sys.stderr)
-            return 1
-        print(f"built {correlation.EXTENSION_NAME} in {time.perf_counter() - start:.1f} s: "
-              f"{module.__file__}")
-        return 0
+        status = 0
+        for op in (correlation, context_topk):
+            start = time.perf_counter()
+            try:
+                module = _jit.build_extension(
+                    op.EXTENSION_NAME,
+                    [op.CSRC / name for name in op.EXTENSION_SOURCES],
+                    headers=[op.CSRC / name for name in op.EXTENSION_HEADERS],
+                    verbose=args.verbose,
+                )
+            except Exception as error:  # noqa: BLE001 - report any build problem in one line
+                reason = _jit.short_reason(error)
+                print(f"error: building {op.EXTENSION_NAME} failed: {reason}", file=sys.stderr)
+                status = 1
+                continue
+            print(f"built {op.EXTENSION_NAME} in {time.perf_counter() - start:.1f} s: "
+                  f"{module.__file__}")
+        return status
 
     return run_main(body)

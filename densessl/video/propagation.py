@@ -68,6 +68,10 @@ class PropagationConfig:
     differ from fp32 only between near-ties, but with low-dimensional features most cosines are
     near-ties: on the real mini set ``pixels-lab`` J&F moved from 0.430 to 0.462."""
     rescore_factor: int = 3
+    fused_kernel: bool = True
+    """On CUDA, search the whole context in one fused kernel (:mod:`densessl.ops.context_topk`)
+    when it builds and ``topk · rescore_factor`` ≤ 32; otherwise, or when False, per-frame
+    PyTorch ops. Speed only: both give the same top-k up to the order of exact ties."""
 
     def validate(self) -> None:
         if self.num_recent < 0:
@@ -139,6 +143,15 @@ def processing_size(height: int, width: int, config: PropagationConfig) -> tuple
 # --------------------------------------------------------------------------------------------
 
 
+def _fused_extension(config: PropagationConfig, device: torch.device, pool: int):
+    """The compiled fused search when it applies (CUDA, ``fused_kernel``, pool ≤ 32), else None."""
+    if not config.fused_kernel or device.type != "cuda":
+        return None
+    from densessl.ops import context_topk
+
+    return context_topk.load_extension() if pool <= context_topk.MAX_K else None
+
+
 class _ContextTopK:
     """Finds a target frame's joint top-k among all positions of its context frames.
 
@@ -165,6 +178,10 @@ class _ContextTopK:
         # where the copy costs as much as the matmul; on GPUs recomputing is cheaper than memory.
         self.cache_key_tiles = torch.device(device).type == "cpu"
         self._key_tiles: dict[int, Tensor] = {}
+        self.height, self.width = height, width
+        self.fused = _fused_extension(config, torch.device(device), self.pool)
+        self._ring: Tensor | None = None  # (num_recent + 1)×N×C channels-last context features
+        self._ring_frames: list[int] = []
 
     def _search(self, features: Tensor) -> Tensor:
         return features if self.search_dtype is None else features.to(self.search_dtype)
@@ -201,6 +218,8 @@ class _ContextTopK:
             ``(weights, candidates)``, each ``N×k``: softmax weights and encoded candidates.
         """
         config, n = self.config, self.num_positions
+        if self.fused is not None:
+            return self._fused_search(features, target)
         first, query = features(0), features(target)
         query_tiles = None
         if self.windowed is not None:
@@ -230,12 +249,77 @@ class _ContextTopK:
         indices = torch.cat(index_list, dim=-1)[0]
         top = values.topk(min(self.pool, values.shape[-1]), dim=-1)
         values, indices = top.values, indices.gather(-1, top.indices)
+        return self._finish(features, query, sources, values, indices)
+
+    def _finish(
+        self, features: Callable[[int], Tensor], query: Tensor, sources: list[int],
+        values: Tensor, indices: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """Exact re-scoring of a bf16 search's pool, the final top-k and the softmax."""
+        config = self.config
         if self.search_dtype is not None:
             exact = self._rescore(features, query, sources, indices)
             values = torch.where(torch.isfinite(values), exact, values)
             top = values.topk(min(config.topk, values.shape[-1]), dim=-1)
             values, indices = top.values, indices.gather(-1, top.indices)
         return torch.softmax(values / config.temperature, dim=-1), indices
+
+    def _context_slots(self, target: int) -> tuple[list[int], list[tuple[int, bool, int]]]:
+        """The context of ``target`` as ``(source frames, [(frame, windowed, copies)])``."""
+        config = self.config
+        windowed = config.window != "none"
+        slots = [(0, windowed and config.window_first, 1)]
+        sources = [target - offset for offset in range(1, config.num_recent + 1)]
+        slots += [(source, windowed, 1) for source in sources if source >= 1]
+        padding = sum(source < 1 for source in sources) if config.pad_with_first else 0
+        if padding:
+            slots.append((0, windowed, padding))
+        return [0] + [source for source in sources if source >= 1], slots
+
+    def _ring_rows(self, features: Callable[[int], Tensor], frames: list[int]) -> list[int]:
+        """Rows of the channels-last ring buffer holding ``frames`` (loading missing ones)."""
+        if self._ring is None:
+            first = features(0)
+            rows = self.config.num_recent + 1
+            dtype = self.search_dtype or first.dtype
+            self._ring = first.new_empty(rows, self.num_positions, first.shape[1], dtype=dtype)
+            self._ring_frames = [-1] * rows
+        needed = set(frames)
+        free = [row for row, frame in enumerate(self._ring_frames) if frame not in needed]
+        rows = []
+        for frame in frames:
+            if frame in self._ring_frames:
+                rows.append(self._ring_frames.index(frame))
+                continue
+            row = free.pop()
+            self._ring[row] = features(frame)[0].flatten(1).T
+            self._ring_frames[row] = frame
+            rows.append(row)
+        return rows
+
+    def _fused_search(
+        self, features: Callable[[int], Tensor], target: int
+    ) -> tuple[Tensor, Tensor]:
+        from densessl.ops.context_topk import ContextSlot, context_topk_cuda
+
+        config, n = self.config, self.num_positions
+        sources, slots = self._context_slots(target)
+        rows = self._ring_rows(features, [frame for frame, _, _ in slots])
+        query = features(target)
+        values, candidates = context_topk_cuda(
+            self._search(query)[0].flatten(1).T,
+            self._ring,
+            [ContextSlot(row, windowed, copies) for row, (_, windowed, copies) in zip(rows, slots)],
+            self.height, self.width, self.pool,
+            config.radius if config.window != "none" else 1.0,  # unused without a window
+            "square" if config.window == "square" else "euclidean",
+            extension=self.fused,
+        )
+        slot_frame = torch.tensor([frame for frame, _, _ in slots], device=candidates.device)
+        # Slot-encoded → frame-encoded; empty entries (-inf) point at frame 0's first position.
+        safe = candidates.clamp_min(0)
+        indices = slot_frame[safe // n] * n + safe % n
+        return self._finish(features, query, sources, values, indices)
 
     def _rescore(
         self, features: Callable[[int], Tensor], query: Tensor, sources: list[int],

@@ -24,12 +24,7 @@
 #include <type_traits>
 
 #include "correlation_params.h"
-
-#ifndef DENSESSL_EMULATE_CUDA
-#define DENSESSL_SHARED_BYTES(name) extern __shared__ __align__(16) unsigned char name[]
-#define DENSESSL_LAUNCH_BOUNDS(n) __launch_bounds__(n)
-#define DENSESSL_CHECK_ALIGNED_16(ptr)
-#endif
+#include "kernel_compat.h"
 
 namespace densessl {
 namespace kernels {
