@@ -15,6 +15,7 @@ import torch
 
 from densessl.ops import _jit
 from conftest import build_kernel_emulator
+from densessl.ops import context_topk as ctk
 from densessl.ops import correlation as corr
 from densessl.ops.correlation import (
     CorrelationConfig,
@@ -316,16 +317,15 @@ def test_cache_location_and_tag(tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("DENSESSL_TEST_BUILD") != "1",
                     reason="set DENSESSL_TEST_BUILD=1 to compile the CUDA sources (minutes)")
-def test_cuda_sources_compile(monkeypatch):
+@pytest.mark.parametrize("op,entry_points", [(corr, ("forward", "backward")),
+                                               (ctk, ("context_topk",))], ids=["correlation", "context_topk"])
+def test_cuda_sources_compile(monkeypatch, op, entry_points):
     if _jit.find_cuda_home() is None:
         pytest.skip("no CUDA toolkit")
     if not HAS_CUDA:
         monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", os.environ.get("TORCH_CUDA_ARCH_LIST", "9.0"))
-    module = _jit.build_extension(
-        corr.EXTENSION_NAME, [corr.CSRC / n for n in corr.EXTENSION_SOURCES],
-        headers=[corr.CSRC / n for n in corr.EXTENSION_HEADERS],
-    )
-    assert hasattr(module, "forward") and hasattr(module, "backward")
+    module = _jit.build_op(op.EXTENSION_NAME, op.CSRC, op.EXTENSION_SOURCES, op.EXTENSION_HEADERS)
+    assert all(hasattr(module, name) for name in entry_points)
 
 
 # --------------------------------------------------------------- CUDA kernels, CPU emulation

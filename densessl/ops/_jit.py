@@ -217,3 +217,18 @@ def forget(name: str | None = None) -> None:
             _LOADED.clear()
         else:
             _LOADED.pop(name, None)
+
+
+def build_op(name: str, csrc: Path, sources: Sequence[str], headers: Sequence[str] = (), *,
+             verbose: bool = False) -> ModuleType:
+    """:func:`build_extension` of an op whose sources and headers are file names in ``csrc``."""
+    return build_extension(name, [csrc / s for s in sources], headers=[csrc / h for h in headers],
+                           verbose=verbose)
+
+
+def load_op(name: str, csrc: Path, sources: Sequence[str], headers: Sequence[str] = ()) -> ModuleType | None:
+    """:func:`load_extension` of an op in ``csrc``; None at once when ``DENSESSL_NO_CUDA_EXT`` is
+    set (to anything but 0)."""
+    if os.environ.get("DENSESSL_NO_CUDA_EXT", "") not in ("", "0"):
+        return None
+    return load_extension(name, [csrc / s for s in sources], headers=[csrc / h for h in headers])

@@ -14,7 +14,6 @@ semantics; :func:`context_topk_cuda` runs the kernel. Candidates come back encod
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,13 +48,7 @@ def load_extension() -> ModuleType | None:
 
     ``DENSESSL_NO_CUDA_EXT=1`` skips it.
     """
-    if os.environ.get("DENSESSL_NO_CUDA_EXT", "") not in ("", "0"):
-        return None
-    return _jit.load_extension(
-        EXTENSION_NAME,
-        [CSRC / name for name in EXTENSION_SOURCES],
-        headers=[CSRC / name for name in EXTENSION_HEADERS],
-    )
+    return _jit.load_op(EXTENSION_NAME, CSRC, EXTENSION_SOURCES, EXTENSION_HEADERS)
 
 
 def _check(queries: Tensor, keys: Tensor, slots: Sequence[ContextSlot], height: int,

@@ -26,7 +26,6 @@ Two implementations share this definition:
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -281,13 +280,7 @@ def load_extension() -> ModuleType | None:
     A failed build warns once and leaves every later call on the reference path. Set
     ``DENSESSL_NO_CUDA_EXT=1`` to skip the extension altogether.
     """
-    if os.environ.get("DENSESSL_NO_CUDA_EXT", "") not in ("", "0"):
-        return None
-    return _jit.load_extension(
-        EXTENSION_NAME,
-        [CSRC / name for name in EXTENSION_SOURCES],
-        headers=[CSRC / name for name in EXTENSION_HEADERS],
-    )
+    return _jit.load_op(EXTENSION_NAME, CSRC, EXTENSION_SOURCES, EXTENSION_HEADERS)
 
 
 def _cuda_supported(cfg: CorrelationConfig) -> bool:

@@ -48,12 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         for op in (correlation, context_topk):
             start = time.perf_counter()
             try:
-                module = _jit.build_extension(
-                    op.EXTENSION_NAME,
-                    [op.CSRC / name for name in op.EXTENSION_SOURCES],
-                    headers=[op.CSRC / name for name in op.EXTENSION_HEADERS],
-                    verbose=args.verbose,
-                )
+                module = _jit.build_op(op.EXTENSION_NAME, op.CSRC, op.EXTENSION_SOURCES,
+                                       op.EXTENSION_HEADERS, verbose=args.verbose)
             except Exception as error:  # noqa: BLE001 - report any build problem in one line
                 reason = _jit.short_reason(error)
                 print(f"error: building {op.EXTENSION_NAME} failed: {reason}", file=sys.stderr)
