@@ -75,15 +75,18 @@ def test_tool_trains_resumes_and_exports_the_backbone(tmp_path):
 @pytest.mark.slow
 def test_crw_learns_correspondence_on_synthetic_video(tmp_path):
     """The loss falls well below ln N, the walk generalises to held-out videos, and label
-    propagation (J&F) is measured before and after training."""
+    propagation (J&F) on held-out videos beats the same network at random init."""
     from densessl.datasets.video import ClipSampler, build_clip_dataset, collate_clips
     from densessl.engine.config import load_config
+    from densessl.engine.evaluation import layer_copy
     from densessl.engine.seed import seed_everything
     from densessl.tools.train_crw import CRWConfig, build_training
     from densessl.video.crw import walk_metrics
+    from densessl.video.davis_propagation import evaluate_backbone_on_davis
 
     data = tmp_path / "data"
-    listing = make_set(data, num_sequences=14, num_frames=20, height=96, width=128, num_val=4)
+    listing = make_set(data, num_sequences=30, num_frames=20, height=96, width=128, num_val=4,
+                       workers=2)
     run = tmp_path / "runs" / "learn"
     args = [
         f"data.frames={listing}", "data.target_fps=0", "data.short_side=72", f"data.cache_dir={tmp_path / 'cache'}",
@@ -118,12 +121,23 @@ def test_crw_learns_correspondence_on_synthetic_video(tmp_path):
     assert after["loss"] < before["loss"] - 0.25 * chance
     assert after["cycle_acc"] > before["cycle_acc"] + 0.1
 
-    # label propagation with the trained layer beats the same network at random init; the gain
-    # after 90 CPU steps is a few points (0.472 → 0.519 here), short of the 10 points that longer
-    # training is expected to give
+    # Label propagation with the trained layer beats the same network at random init. With the
+    # CRW protocol (frame 0 + 20 recent frames) consecutive frames are easy to match even for
+    # random features, and 90 CPU steps gain about 6 points (0.41 → 0.47 here); propagating from
+    # the first frame alone measures long-range correspondence, where they gain 17–23 points.
     evals = log_rows(run, "eval")
     assert [r["step"] for r in evals] == [0, 90]
     assert all(0.0 <= r["J&F-Mean"] <= 1.0 for r in evals)
-    assert evals[-1]["J&F-Mean"] > evals[0]["J&F-Mean"] + 0.02
+    assert evals[-1]["J&F-Mean"] > evals[0]["J&F-Mean"] + 0.03
+
+    def first_frame_only(model) -> float:
+        backbone = layer_copy(model.model.backbone, cfg.model.backbone, "layer2", torch.device("cpu"))
+        scores = evaluate_backbone_on_davis(backbone, data, year=2017, split="val", protocol="crw",
+                                            device=torch.device("cpu"), num_recent=0)
+        return scores["J&F-Mean"]
+
+    long_before, long_after = first_frame_only(initial), first_frame_only(trained)
+    assert long_after > long_before + 0.10
     print(f"J&F {evals[0]['J&F-Mean']:.3f} at init -> {evals[-1]['J&F-Mean']:.3f} trained; "
+          f"first frame only {long_before:.3f} -> {long_after:.3f}; "
           f"held-out cycle accuracy {before['cycle_acc']:.3f} -> {after['cycle_acc']:.3f}")
