@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Every GPU check and benchmark in one go, for a CUDA machine (an H100 for the figures in
+# BENCHMARKS.md). Uses the machine's own PyTorch: the project runs from this checkout through
+# PYTHONPATH, nothing is installed into the system.
+#
+#   bash benchmarks/gpu_session.sh                   # all stages
+#   STAGES="build test corr" bash benchmarks/gpu_session.sh
+#
+# Environment:
+#   RESULTS=DIR    where the logs and tables go (default: gpu_results/)
+#   WHEELS=DIR     install every wheel in DIR first, offline, into $RESULTS/site (e.g. kornia,
+#                  kornia_rs and decord when the machine lacks them)
+#   SCS_SDIST=F    spatial_correlation_sampler-0.5.0.tar.gz: build it (its -std=c++17 patched to
+#                  c++20, for this GPU's architecture) so that the benchmarks and the parity
+#                  tests compare with it
+#   STAGES         any of: env build test corr prop crw vos (default: all, in that order)
+#
+# Stages (each writes one log or table into $RESULTS):
+#   env    nvidia-smi, versions                                  env.txt
+#   build  compile both extensions (tools/build_ops.py)          build_ops.log
+#   test   pytest -m cuda (kernels against the references)       pytest_cuda.log
+#   corr   benchmarks/bench_correlation.py                       correlation.md
+#   prop   benchmarks/bench_propagation.py, fused kernel and per-frame ops, on a generated
+#          480p set                                              propagation.md
+#   crw    benchmarks/bench_crw.py (model variants, data path)   crw.md, crw.json
+#   vos    benchmarks/bench_motion_vos.py, fp32 and bf16          motion_vos.md
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RESULTS="${RESULTS:-$ROOT/gpu_results}"
+STAGES="${STAGES:-env build test corr prop crw vos}"
+PYTHON="${PYTHON:-python3}"
+mkdir -p "$RESULTS"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$RESULTS/torch_extensions}"
+cd "$ROOT" || exit 1
+
+if [[ -n "${WHEELS:-}" ]]; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$RESULTS/site" "$WHEELS"/*.whl || exit 1
+  export PYTHONPATH="$PYTHONPATH:$RESULTS/site"
+fi
+
+if [[ -n "${SCS_SDIST:-}" ]]; then
+  arch=$("$PYTHON" -c "import torch; print('%d%d' % torch.cuda.get_device_capability())")
+  src="$RESULTS/scs_src"
+  rm -rf "$src" && mkdir -p "$src" && tar xzf "$SCS_SDIST" -C "$src" --strip-components 1
+  sed -i 's/-std=c++17/-std=c++20/' "$src/setup.py"
+  GPU_ARCH="$arch" TORCH_CUDA_ARCH_LIST="${arch:0:1}.${arch:1}" \
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-build-isolation --target "$RESULTS/site" \
+    "$src" >"$RESULTS/scs_build.log" 2>&1 \
+    && echo "spatial-correlation-sampler built for sm_$arch" \
+    || echo "spatial-correlation-sampler did not build: see scs_build.log"
+  export PYTHONPATH="$PYTHONPATH:$RESULTS/site"
+fi
+
+run() {  # run NAME TIMEOUT CMD...: one stage, its output into $RESULTS/NAME
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name: $*"
+  local start=$SECONDS
+  timeout "$limit" "$@" >"$RESULTS/$name" 2>&1
+  local status=$?
+  echo "   exit $status after $((SECONDS - start)) s"
+  tail -n 25 "$RESULTS/$name"
+}
+
+for stage in $STAGES; do
+  case $stage in
+    env)
+      run env.txt 60 bash -c "date -u; nvidia-smi; $PYTHON -c 'import torch, sys; \
+print(sys.version); print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())'; \
+nvcc --version | tail -2" ;;
+    build) run build_ops.log 900 "$PYTHON" tools/build_ops.py ;;
+    test) run pytest_cuda.log 900 "$PYTHON" -m pytest -q -m cuda -p no:cacheprovider tests ;;
+    corr) run correlation.md 600 "$PYTHON" benchmarks/bench_correlation.py --device cuda --repeats 50 ;;
+    prop)
+      run propagation.md 600 bash -c "$PYTHON benchmarks/bench_propagation.py --synthetic 4 \
+--frames 60 && $PYTHON benchmarks/bench_propagation.py --synthetic 4 --frames 60 \
+--opt fused_kernel=false" ;;
+    crw) run crw.md 900 "$PYTHON" benchmarks/bench_crw.py --out "$RESULTS/crw.json" ;;
+    vos)
+      run motion_vos.md 600 bash -c "$PYTHON benchmarks/bench_motion_vos.py && \
+$PYTHON benchmarks/bench_motion_vos.py --amp bf16 --channels-last" ;;
+    *) echo "unknown stage '$stage' (expected env build test corr prop crw vos)" >&2; exit 2 ;;
+  esac
+done
