@@ -175,3 +175,12 @@ def build_kernel_emulator(source_name: str, include_dir: Path, out_dir: Path) ->
         if plain.returncode != 0:
             pytest.skip(f"emulation harness does not compile: {plain.stderr[-2000:]}")
     return exe
+
+
+def built_extension(op):
+    """``op.load_extension()`` (an ops module of ``densessl.ops``), skipping the calling test when
+    the CUDA extension cannot be built."""
+    module = op.load_extension()
+    if module is None:
+        pytest.skip(f"the CUDA extension {op.EXTENSION_NAME} could not be built")
+    return module

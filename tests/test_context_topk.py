@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import build_kernel_emulator
+from conftest import build_kernel_emulator, built_extension
 from densessl.ops import context_topk as ctk
 from densessl.ops.context_topk import ContextSlot, context_topk_reference
 from densessl.video import propagation
@@ -184,13 +184,6 @@ def test_propagation_through_the_fused_path_equals_the_per_frame_path(monkeypatc
 # ------------------------------------------------------------------------ the kernel on a GPU
 
 
-def _cuda_extension():
-    module = ctk.load_extension()
-    if module is None:
-        pytest.skip("the CUDA extension could not be built")
-    return module
-
-
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -201,7 +194,7 @@ def _cuda_extension():
 ], ids=lambda c: f"{c[0]}x{c[1]}-{c[6]}-k{c[4]}" if isinstance(c, tuple) else str(c))
 def test_cuda_kernel_matches_the_reference(case, dtype):
     height, width, channels, frames, k, radius, shape, slot_spec = case
-    extension = _cuda_extension()
+    extension = built_extension(ctk)
     slots = [ContextSlot(*s) for s in slot_spec]
     gen = torch.Generator().manual_seed(0)
     queries = F.normalize(torch.randn(height * width, channels, generator=gen), dim=1)
@@ -229,7 +222,7 @@ def test_cuda_kernel_matches_the_reference(case, dtype):
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("protocol", ["crw", "dino"])
 def test_cuda_propagation_fused_equals_per_frame(protocol):
-    _cuda_extension()
+    built_extension(ctk)
     features = _features(12, 64, 30, 40).cuda()
     first = torch.zeros(2, 30, 40, device="cuda")
     first[1, 10:20, 10:25] = 1.0

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from densessl.ops import _jit
-from conftest import build_kernel_emulator
+from conftest import build_kernel_emulator, built_extension
 from densessl.ops import context_topk as ctk
 from densessl.ops import correlation as corr
 from densessl.ops.correlation import (
@@ -394,10 +394,7 @@ def _rel_error(value: torch.Tensor, gold: torch.Tensor) -> float:
 
 
 def _ext():
-    module = corr.load_extension()
-    if module is None:
-        pytest.skip("the CUDA extension could not be built")
-    return module
+    return built_extension(corr)
 
 
 @pytest.mark.cuda
