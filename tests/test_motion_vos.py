@@ -50,8 +50,9 @@ def make_motion_set(root: Path, flows: Path, num_sequences: int = 4, num_frames:
 # --------------------------------------------------------------------------------------- loss
 
 
-def naive_cis(flow, mask, r_in, r_out, r_img, eps):
-    """Per-sample loops over every element, straight from the definitions."""
+def naive_cis(flow, mask, r_in, r_out, r_img, eps, cap=False):
+    """Per-sample loops over every element, straight from the definitions (``cap``: the
+    ratios E/D capped at 1)."""
     batch, channels, height, width = flow.shape
     g_losses, i_losses = [], []
     for b in range(batch):
@@ -70,7 +71,10 @@ def naive_cis(flow, mask, r_in, r_out, r_img, eps):
         n = channels * height * width
         d_in += eps * n
         d_out += eps * n
-        g_losses.append((1 - e_in / d_in) + (1 - e_out / d_out))
+        ratio_in, ratio_out = e_in / d_in, e_out / d_out
+        if cap:
+            ratio_in, ratio_out = min(ratio_in, 1.0), min(ratio_out, 1.0)
+        g_losses.append((1 - ratio_in) + (1 - ratio_out))
         i_losses.append((e_in + e_out + base_all) / n)
     return float(np.mean(g_losses)), float(np.mean(i_losses))
 
@@ -87,6 +91,12 @@ def test_cis_terms_match_naive_definition():
     assert float(terms.generator_loss) == pytest.approx(want_g, rel=1e-5)
     assert float(terms.inpainter_loss) == pytest.approx(want_i, rel=1e-5)
     assert torch.allclose(charbonnier(torch.tensor([0.0, 3.0])), torch.tensor([1e-3, (9 + 1e-6) ** 0.5]))
+    # random reconstructions are often worse than the image-only one: the cap changes the loss
+    capped = cis_terms(flow, mask, *recons, epsilon_per_element=eps, cap_ratio=True)
+    want_capped, _ = naive_cis(flow, mask, *recons, eps, cap=True)
+    assert float(capped.generator_loss) == pytest.approx(want_capped, rel=1e-5)
+    assert abs(want_capped - want_g) > 1e-3
+    assert float(capped.inpainter_loss) == pytest.approx(want_i, rel=1e-5)
 
 
 def test_cis_epsilon_is_per_element_so_losses_do_not_depend_on_resolution():

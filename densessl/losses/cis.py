@@ -51,6 +51,7 @@ def cis_terms(
     recon_out: Tensor,
     recon_image_only: Tensor,
     epsilon_per_element: float = REFERENCE_EPSILON_PER_ELEMENT,
+    cap_ratio: bool = False,
 ) -> CISTerms:
     """The CIS terms of a batch.
 
@@ -61,6 +62,9 @@ def cis_terms(
         recon_out: ``B×2×H×W`` inpainter output given ``u ⊙ m`` and ``1−m``.
         recon_image_only: ``B×2×H×W`` inpainter output given no flow.
         epsilon_per_element: ``ε`` per flow element (``D`` adds ``ε · 2HW``).
+        cap_ratio: use ``min(E/D, 1)`` in the generator loss, so that a region where the
+            inpainter does worse with context than without (an input that fools it, not
+            motion the context cannot explain) earns the generator nothing extra.
     """
     if flow.ndim != 4 or flow.shape[1] != 2:
         raise ValueError(f"flow must be B×2×H×W, got {tuple(flow.shape)}")
@@ -81,6 +85,9 @@ def cis_terms(
     denom_in = (base * mask).sum(dim=(1, 2, 3)) + epsilon
     denom_out = (base * complement).sum(dim=(1, 2, 3)) + epsilon
     image_only_error = base.sum(dim=(1, 2, 3))
-    generator_loss = ((1.0 - error_in / denom_in) + (1.0 - error_out / denom_out)).mean()
+    ratio_in, ratio_out = error_in / denom_in, error_out / denom_out
+    if cap_ratio:
+        ratio_in, ratio_out = ratio_in.clamp(max=1.0), ratio_out.clamp(max=1.0)
+    generator_loss = ((1.0 - ratio_in) + (1.0 - ratio_out)).mean()
     inpainter_loss = ((error_in + error_out + image_only_error) / num_elements).mean()
     return CISTerms(error_in, error_out, denom_in, denom_out, image_only_error, generator_loss, inpainter_loss)

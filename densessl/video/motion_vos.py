@@ -52,6 +52,7 @@ class MotionVOSNetConfig:
     hard_context: bool = True  # the inpainter sees the thresholded mask (straight-through gradient)
     normalizer: str = "image_only"  # D(m) from the image-only inpainter, or "zero": from zero flow (|u|)
     input_stride: int = 2  # the networks and the loss work at 1/input_stride of the input size
+    cap_ratio: bool = False  # generator loss with min(E/D, 1) (see densessl.losses.cis)
 
     def validate(self) -> None:
         """InputError naming the first bad setting (as ``model.<key>``)."""
@@ -220,7 +221,8 @@ class MotionVOSModel(nn.Module):
                 recon = self._reconstruct(image, flow, mask)
             finally:
                 _set_requires_grad(self.inpainter, True)
-        terms = cis_terms(flow, mask, *recon, epsilon_per_element=self.config.epsilon_per_element)
+        terms = cis_terms(flow, mask, *recon, epsilon_per_element=self.config.epsilon_per_element,
+                          cap_ratio=self.config.cap_ratio)
         loss = terms.inpainter_loss if inpainter_step else terms.generator_loss
         metrics = {
             "loss": terms.generator_loss.detach(),
