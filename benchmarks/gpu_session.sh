@@ -13,7 +13,9 @@
 #   SCS_SDIST=F    spatial_correlation_sampler-0.5.0.tar.gz: build it (its -std=c++17 patched to
 #                  c++20, for this GPU's architecture) so that the benchmarks and the parity
 #                  tests compare with it
-#   STAGES         any of: env build test corr prop crw vos (default: all, in that order)
+#   STAGES         any of: env build test corr prop crw vos crw-real vos-real (default: the
+#                  first seven, in that order)
+#   DAVIS=DIR      a DAVIS-2016-layout folder (such as davis2016_mini) for the real-data stages
 #
 # Stages (each writes one log or table into $RESULTS):
 #   env    nvidia-smi, versions                                  env.txt
@@ -24,11 +26,16 @@
 #          480p set                                              propagation.md
 #   crw    benchmarks/bench_crw.py (model variants, data path)   crw.md, crw.json
 #   vos    benchmarks/bench_motion_vos.py, fp32 and bf16          motion_vos.md
+#   crw-real   6 minutes of CRW training with the default recipe (bf16, channels_last) on
+#              $DAVIS's frames, then label propagation on $DAVIS   crw_real.log
+#   vos-real   DIS flow of $DAVIS, 6 minutes of CIS training with the reference recipe (bf16),
+#              then the unsupervised evaluation of the raw masks   vos_real.log
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RESULTS="${RESULTS:-$ROOT/gpu_results}"
 STAGES="${STAGES:-env build test corr prop crw vos}"
+RUNS="$RESULTS/runs"
 PYTHON="${PYTHON:-python3}"
 mkdir -p "$RESULTS"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
@@ -83,6 +90,24 @@ nvcc --version | tail -2" ;;
     vos)
       run motion_vos.md 600 bash -c "$PYTHON benchmarks/bench_motion_vos.py && \
 $PYTHON benchmarks/bench_motion_vos.py --amp bf16 --channels-last" ;;
-    *) echo "unknown stage '$stage' (expected env build test corr prop crw vos)" >&2; exit 2 ;;
+    crw-real)
+      [[ -d "${DAVIS:-}/JPEGImages" ]] || { echo "crw-real needs DAVIS=<DAVIS-2016 folder>" >&2; exit 2; }
+      run crw_real.log 600 bash -c "$PYTHON tools/train_crw.py \
+data.frames=$DAVIS/JPEGImages/480p data.frames_fps=24 train.max_minutes=6 train.epochs=1000 \
+train.amp=bf16 train.channels_last=true train.num_workers=12 train.out_dir=$RUNS \
+train.name=crw-real train.progress=false --overwrite && $PYTHON -m densessl.cli eval-davis \
+--backbone resnet18-crw --weights $RUNS/crw-real/checkpoints/backbone.pt --davis-root $DAVIS \
+--year 2016 --out $RUNS/crw-real-eval --overwrite" ;;
+    vos-real)
+      [[ -d "${DAVIS:-}/JPEGImages" ]] || { echo "vos-real needs DAVIS=<DAVIS-2016 folder>" >&2; exit 2; }
+      run vos_real.log 600 bash -c "$PYTHON tools/compute_flow.py --davis-root $DAVIS --year 2016 \
+--set val --out $RUNS/flows --workers 16 && $PYTHON tools/train_motion_vos.py \
+--config configs/motion_vos.yaml data.davis_root=$DAVIS data.flow_root=$RUNS/flows \
+data.split=val train.max_minutes=6 train.amp=bf16 train.num_workers=12 train.out_dir=$RUNS \
+train.name=vos-real train.progress=false --overwrite && $PYTHON tools/eval_motion_vos.py \
+--checkpoint $RUNS/vos-real/checkpoints/motion_vos.pt --davis-root $DAVIS --flow-root $RUNS/flows \
+--out $RUNS/vos-real-eval --overwrite" ;;
+    *) echo "unknown stage '$stage' (expected env build test corr prop crw vos crw-real vos-real)" >&2
+       exit 2 ;;
   esac
 done
