@@ -23,7 +23,13 @@ import torch
 from torch import Tensor
 
 from densessl.ops import _jit
-from densessl.video.local_affinity import WindowShape, WindowedTopK, dense_topk, window_reach
+from densessl.video.local_affinity import (
+    WindowShape,
+    WindowedTopK,
+    dense_topk,
+    select_topk,
+    window_reach,
+)
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 EXTENSION_NAME = "densessl_context_topk"
@@ -108,8 +114,7 @@ def context_topk_reference(
         values_list += [values[0]] * slot.multiplicity
         index_list += [positions[0] + index * n] * slot.multiplicity
     values, candidates = torch.cat(values_list, dim=-1), torch.cat(index_list, dim=-1)
-    top = values.topk(min(k, values.shape[-1]), dim=-1)
-    values, candidates = top.values, candidates.gather(-1, top.indices)
+    values, candidates = select_topk(values, candidates, k)
     if values.shape[-1] < k:  # fewer keys than k in the whole context
         missing = k - values.shape[-1]
         values = torch.cat([values, values.new_full((n, missing), float("-inf"))], dim=-1)
@@ -163,8 +168,7 @@ def context_topk_cuda(
     if splits > 1:
         values = values.permute(1, 0, 2).reshape(height * width, splits * k)
         candidates = candidates.permute(1, 0, 2).reshape(height * width, splits * k)
-        top = values.topk(k, dim=-1)
-        values, candidates = top.values, candidates.gather(-1, top.indices)
+        values, candidates = select_topk(values, candidates, k)
     else:
         values, candidates = values[0], candidates[0]
     return values, candidates.long()

@@ -44,6 +44,12 @@ def window_mask(dy: Tensor, dx: Tensor, radius: float, shape: WindowShape) -> Te
     raise ValueError(f"unknown window shape '{shape}' (expected 'euclidean' or 'square')")
 
 
+def select_topk(values: Tensor, candidates: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``min(k, M)`` largest of ``…×M`` ``values`` (descending) and their ``candidates``."""
+    top = values.topk(min(k, values.shape[-1]), dim=-1)
+    return top.values, candidates.gather(-1, top.indices)
+
+
 def dense_topk(
     queries: Tensor, keys: Tensor, k: int, *, chunk_size: int = 1024
 ) -> tuple[Tensor, Tensor]:

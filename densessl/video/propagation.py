@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from densessl.video.local_affinity import WindowedTopK, dense_topk
+from densessl.video.local_affinity import WindowedTopK, dense_topk, select_topk
 
 FrameReader = Callable[[int], np.ndarray]
 
@@ -187,11 +187,9 @@ class _ContextTopK:
         return features if self.search_dtype is None else features.to(self.search_dtype)
 
     def _restricted_topk(
-        self, query_tiles: Tensor | None, query: Tensor, key_frame: Tensor, frame_index: int
+        self, query_tiles: Tensor, key_frame: Tensor, frame_index: int
     ) -> tuple[Tensor, Tensor]:
-        """Top-k of the query frame against one earlier frame under the window (if any)."""
-        if self.windowed is None:
-            return self._dense_topk(query, key_frame)
+        """Top-k of the query frame against one earlier frame under the window."""
         key_tiles = self._key_tiles.get(frame_index)
         if key_tiles is None:
             key_tiles = self.windowed.key_tiles(self._search(key_frame))
@@ -217,38 +215,25 @@ class _ContextTopK:
         Returns:
             ``(weights, candidates)``, each ``N×k``: softmax weights and encoded candidates.
         """
-        config, n = self.config, self.num_positions
+        n = self.num_positions
         if self.fused is not None:
             return self._fused_search(features, target)
-        first, query = features(0), features(target)
+        sources, slots = self._context_slots(target)
+        query = features(target)
         query_tiles = None
         if self.windowed is not None:
             query_tiles = self.windowed.query_tiles(self._search(query))
-        if config.window_first:
-            values, positions = self._restricted_topk(query_tiles, query, first, 0)
-        else:
-            values, positions = self._dense_topk(query, first)
-        values_list, index_list = [values], [positions]
-        sources = [0]
-        first_restricted: tuple[Tensor, Tensor] | None = None
-        for offset in range(1, config.num_recent + 1):
-            source = target - offset
-            if source >= 1:
-                values, positions = self._restricted_topk(
-                    query_tiles, query, features(source), source
-                )
-                values_list.append(values)
-                index_list.append(positions + source * n)
-                sources.append(source)
-            elif config.pad_with_first:
-                if first_restricted is None:
-                    first_restricted = self._restricted_topk(query_tiles, query, first, 0)
-                values_list.append(first_restricted[0])
-                index_list.append(first_restricted[1])
+        values_list, index_list = [], []
+        for frame, windowed, copies in slots:
+            if windowed:
+                values, positions = self._restricted_topk(query_tiles, features(frame), frame)
+            else:
+                values, positions = self._dense_topk(query, features(frame))
+            values_list += [values] * copies
+            index_list += [positions + frame * n] * copies
         values = torch.cat(values_list, dim=-1)[0]  # N×(S·pool)
         indices = torch.cat(index_list, dim=-1)[0]
-        top = values.topk(min(self.pool, values.shape[-1]), dim=-1)
-        values, indices = top.values, indices.gather(-1, top.indices)
+        values, indices = select_topk(values, indices, self.pool)
         return self._finish(features, query, sources, values, indices)
 
     def _finish(
@@ -260,8 +245,7 @@ class _ContextTopK:
         if self.search_dtype is not None:
             exact = self._rescore(features, query, sources, indices)
             values = torch.where(torch.isfinite(values), exact, values)
-            top = values.topk(min(config.topk, values.shape[-1]), dim=-1)
-            values, indices = top.values, indices.gather(-1, top.indices)
+            values, indices = select_topk(values, indices, config.topk)
         return torch.softmax(values / config.temperature, dim=-1), indices
 
     def _context_slots(self, target: int) -> tuple[list[int], list[tuple[int, bool, int]]]:
