@@ -5,46 +5,24 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import make_motion_set
+
 from densessl.datasets.davis import DavisDataset
-from densessl.datasets.flow_cache import flow_path
 from densessl.datasets.motion_pairs import MotionPairDataset, PairAugmentConfig, crop_flip_resize, resize_flow
 from densessl.errors import InputError
 from densessl.losses.cis import REFERENCE_EPSILON_PER_ELEMENT, charbonnier, cis_terms
 from densessl.models.unet import UNet
 from densessl.video.motion_vos import (
-    MotionVOSModel, MotionVOSNetConfig, border_coverage, camera_compensated_foreground, fit_background_motion,
-    flow_magnitude_foreground, orient_foreground,
+    FlowInpainter, MotionVOSModel, MotionVOSNetConfig, border_coverage, camera_compensated_foreground,
+    context_flow_fit, fit_background_motion, flow_magnitude_foreground, hide_region, orient_foreground, standardize_flow,
 )
 
 TINY_NET = dict(generator_widths=(4, 8), inpainter_widths=(4, 8), dilations=(2,))
-
-
-def make_motion_set(root: Path, flows: Path, num_sequences: int = 4, num_frames: int = 5,
-                    height: int = 48, width: int = 64) -> list[str]:
-    """Synthetic DAVIS-2017-layout set plus its exact forward flow as a ``+1`` flow tree.
-
-    One extra frame is rendered and dropped so that every kept frame has a +1 flow file."""
-    from densessl.datasets.synthetic import SyntheticConfig, write_synthetic_davis
-
-    config = SyntheticConfig(num_sequences=num_sequences, num_frames=num_frames + 1, height=height, width=width,
-                             num_val=num_sequences // 2, write_video=False, workers=1)
-    names = write_synthetic_davis(root, config, progress=False)
-    for name in names:
-        last = f"{num_frames:05d}"
-        (root / "JPEGImages" / "480p" / name / f"{last}.jpg").unlink()
-        (root / "Annotations" / "480p" / name / f"{last}.png").unlink()
-        for t in range(num_frames):
-            target = flow_path(flows, 1, name, f"{t:05d}")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(root / "Flows" / "gt" / "480p" / name / f"{t:05d}.flo", target)
-    return names
 
 
 # --------------------------------------------------------------------------------------- loss
@@ -168,6 +146,103 @@ def test_schedule_and_which_network_gets_gradients():
     assert all(p.grad is None for p in model.generator.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.inpainter.parameters())
     assert metrics["inpainter_step"] == 1 and torch.isfinite(loss)
+
+
+def test_standardize_flow_removes_mean_and_magnitude():
+    flow = torch.randn(3, 2, 10, 14) * torch.tensor([0.1, 1.0, 30.0]).view(3, 1, 1, 1) + 5.0
+    out = standardize_flow(flow)
+    assert torch.allclose(out.mean(dim=(2, 3)), torch.zeros(3, 2), atol=1e-5)
+    assert torch.allclose(out.square().mean(dim=(1, 2, 3)), torch.ones(3), atol=1e-3)
+    assert torch.allclose(standardize_flow(7.0 * flow - 2.0), out, atol=1e-4)
+
+
+def _naive_context_fit(flow, hidden, b, model):
+    """Weighted least squares over the visible pixels of sample ``b`` with numpy, and the scale."""
+    h, w = flow.shape[-2:]
+    rows, targets = [], []
+    for y in range(h):
+        for x in range(w):
+            if hidden[b, 0, y, x] == 0:
+                gx, gy = -1 + 2 * x / (w - 1), -1 + 2 * y / (h - 1)
+                rows.append([1.0] if model == "mean" else [1.0, gx, gy])
+                targets.append([float(flow[b, 0, y, x]), float(flow[b, 1, y, x])])
+    rows, targets = np.array(rows), np.array(targets)
+    params = np.linalg.lstsq(rows, targets, rcond=None)[0]
+    gy, gx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+    full = np.stack([np.ones_like(gx)] if model == "mean" else [np.ones_like(gx), gx, gy], -1)
+    fit = (full @ params).transpose(2, 0, 1)
+    residual = ((targets - rows @ params) ** 2).mean()
+    scale = (residual + 1e-8) ** 0.5 + 0.1 * ((targets**2).mean() + 1e-8) ** 0.5
+    return fit, scale
+
+
+@pytest.mark.parametrize("model", ["mean", "affine"])
+def test_context_fit_uses_only_the_visible_flow(model):
+    torch.manual_seed(0)
+    flow = torch.randn(2, 2, 9, 11)
+    hidden = (torch.rand(2, 1, 9, 11) > 0.6).float()
+    fit, scale = context_flow_fit(flow * (1 - hidden), hidden, model)
+    for b in range(2):
+        expected_fit, expected_scale = _naive_context_fit(flow, hidden, b, model)
+        assert np.allclose(fit[b].numpy(), expected_fit, atol=1e-3)
+        assert abs(float(scale[b]) - expected_scale) < 1e-3
+    changed = flow + 100.0 * hidden  # the hidden flow is not looked at, even unmasked
+    assert torch.allclose(context_flow_fit(changed, hidden, model)[0], fit, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # fitted in float32 whatever the input
+        low = context_flow_fit((flow * (1 - hidden)).bfloat16(), hidden.bfloat16(), model)[0]
+    assert low.dtype == torch.float32 and torch.allclose(low, fit, atol=0.05)
+    no_context, unit = context_flow_fit(torch.zeros(1, 2, 4, 4), torch.ones(1, 1, 4, 4), model)
+    assert torch.equal(no_context, torch.zeros(1, 2, 4, 4)) and torch.equal(unit, torch.ones(1, 1, 1, 1))
+
+
+@pytest.mark.parametrize("model", ["mean", "affine"])
+def test_context_inpainter_corrects_the_fit_and_follows_the_flow_scale(model):
+    torch.manual_seed(0)
+    net = FlowInpainter(widths=(4, 8), dilations=(2,), norm="none", context=model).eval()
+    image = torch.rand(1, 3, 16, 20)
+    hidden = torch.zeros(1, 1, 16, 20)
+    hidden[..., 4:12, 6:14] = 1.0
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, 16), torch.linspace(-1, 1, 20), indexing="ij")
+    camera = torch.stack([2.0 + 0.5 * xs - 0.3 * ys, -1.0 + 0.2 * xs + 0.4 * ys])[None]  # zoom + shear + pan
+    flow = camera + 0.05 * torch.randn(1, 2, 16, 20)
+    with torch.no_grad():
+        out = net(image, flow * (1 - hidden), hidden)
+        # the network's output is in the context's units: scaling the visible flow scales the fill
+        assert torch.allclose(net(image, 10.0 * flow * (1 - hidden), hidden), 10.0 * out, rtol=1e-3, atol=1e-4)
+        # with a zero head the fill is the fit of the visible flow
+        net.decoder.head.weight.zero_()
+        net.decoder.head.bias.zero_()
+        fill = net(image, flow * (1 - hidden), hidden)
+    inside = hidden.bool().expand_as(flow)
+    if model == "mean":
+        visible_mean = (flow * (1 - hidden)).sum(dim=(2, 3)) / (1 - hidden).sum()
+        assert torch.allclose(fill, visible_mean.view(1, 2, 1, 1).expand_as(fill), atol=1e-5)
+    else:  # an affine camera is extrapolated into the hole
+        assert (fill - camera)[inside].abs().max() < 0.05
+    with pytest.raises(ValueError, match="context"):
+        FlowInpainter(widths=(4,), context="quadratic")
+
+
+def test_hidden_region_is_the_thresholded_mask_with_a_minimum_size():
+    torch.manual_seed(0)
+    undecided = torch.rand(2, 1, 10, 10) * 0.4  # below 0.5 everywhere
+    assert hide_region(undecided).sum() == 0  # the reference threshold hides nothing
+    hidden = hide_region(undecided, 0.1)
+    for b in range(2):  # exactly its 10 likeliest pixels
+        top = set(undecided[b].flatten().topk(10).indices.tolist())
+        assert set(hidden[b].flatten().nonzero().flatten().tolist()) == top
+    decided = undecided.clone()
+    decided[..., :5, :] += 0.5  # half the frame above 0.5: the minimum changes nothing
+    assert torch.equal(hide_region(decided, 0.1), (decided > 0.5).float())
+    model = MotionVOSModel(MotionVOSNetConfig(**TINY_NET, min_hidden_fraction=0.1))
+    image, flow = torch.rand(2, 3, 10, 10), torch.randn(2, 2, 10, 10)
+    seen = []
+    model.inpainter.decode = lambda features, masked, hidden: seen.append(hidden) or torch.zeros_like(masked)
+    model._reconstruct(image, flow, undecided)
+    inside, outside = seen[0][:2], seen[0][2:4]
+    assert torch.equal(inside, hidden) and torch.equal(outside, torch.ones_like(outside))
+    with pytest.raises(InputError, match="min_hidden_fraction"):
+        MotionVOSNetConfig(min_hidden_fraction=1.0).validate()
 
 
 def test_zero_normalizer_skips_the_image_only_call_and_input_stride_shrinks_the_work():

@@ -207,6 +207,24 @@ def test_motion_scale_keeps_the_first_frame_and_speeds_up_motion():
         dataclasses.replace(SMALL, motion_scale=0.0).validate()
 
 
+def test_camera_zoom_zero_leaves_a_panning_camera():
+    """Without zoom and roll the background moves rigidly: one translation per frame, at least
+    the minimum pan speed; the default camera's flow varies across the background."""
+    config = dataclasses.replace(SMALL, num_frames=4, camera_zoom=0.0, pan_speed=(0.01, 0.012))
+    diag = float(np.hypot(config.height, config.width))
+    for index in range(3):
+        panning = generate_sequence(config, index, photometric=False)
+        default = generate_sequence(dataclasses.replace(SMALL, num_frames=4), index, photometric=False)
+        for t in range(3):
+            background = panning.flows[t][panning.masks[t] == 0]
+            assert np.ptp(background, axis=0).max() < 1e-3
+            assert np.linalg.norm(background[0]) > 0.5 * 0.01 * diag  # the wobble may slow the pan a little
+            assert np.ptp(default.flows[t][default.masks[t] == 0], axis=0).max() > 0.05
+    for bad in (dict(camera_zoom=-1.0), dict(pan_speed=(0.01, 0.0)), dict(pan_speed=(-0.1, 0.1))):
+        with pytest.raises(InputError, match=next(iter(bad))):
+            dataclasses.replace(SMALL, **bad).validate()
+
+
 def test_config_validation_names_the_setting():
     with pytest.raises(InputError, match="max_objects"):
         generate_sequence(dataclasses.replace(SMALL, min_objects=3, max_objects=2), 0)
@@ -336,3 +354,8 @@ def test_tool(tmp_path, capsys):
     assert tool_main(argv + ["--overwrite"]) == 0
     assert tool_main(argv + ["--overwrite", "--max-objects", "0"]) == 2
     assert "--max-objects" in capsys.readouterr().err
+    assert tool_main(argv + ["--overwrite", "--camera-zoom", "0", "--pan-speed", "0.01", "0.02"]) == 0
+    settings = json.loads((out / "meta.json").read_text())["config"]
+    assert settings["camera_zoom"] == 0.0 and settings["pan_speed"] == [0.01, 0.02]
+    assert tool_main(argv + ["--overwrite", "--pan-speed", "0.02", "0.01"]) == 2
+    assert "--pan-speed" in capsys.readouterr().err

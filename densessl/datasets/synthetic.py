@@ -70,6 +70,8 @@ class SyntheticConfig:
     workers: int = 0
     num_val: int | None = None
     motion_scale: float = 1.0  # scene time between frames: 2.0 doubles every motion per frame
+    camera_zoom: float = 1.0  # scale of the camera's zoom and roll amplitudes (0: the camera only pans)
+    pan_speed: tuple[float, float] = (0.0, 0.006)  # camera pan speed range, fraction of the diagonal per frame
 
     def validate(self) -> None:
         """Raise :class:`InputError` naming the first bad setting."""
@@ -101,6 +103,10 @@ class SyntheticConfig:
             raise bad("fps", f"must be positive, got {self.fps}")
         if not self.motion_scale > 0:
             raise bad("motion_scale", f"must be positive, got {self.motion_scale}")
+        if not self.camera_zoom >= 0:
+            raise bad("camera_zoom", f"must be ≥ 0, got {self.camera_zoom}")
+        if len(self.pan_speed) != 2 or not 0 <= self.pan_speed[0] <= self.pan_speed[1]:
+            raise bad("pan_speed", f"must be (min, max) with 0 ≤ min ≤ max, got {self.pan_speed}")
         if self.workers < 0:
             raise bad("workers", f"must be ≥ 0 (0 = automatic), got {self.workers}")
 
@@ -348,12 +354,12 @@ def _background_layer(
     height, width = config.height, config.width
     diag = math.hypot(height, width)
     size = texture.shape[0]
-    zoom = np.exp(rng.uniform(0.05, 0.25) * np.sin(2 * np.pi * frames / rng.uniform(40, 120)
-                                                     + rng.uniform(0, 2 * np.pi)))
-    angle = rng.uniform(0.0, 0.08) * np.sin(2 * np.pi * frames / rng.uniform(60, 150)
-                                             + rng.uniform(0, 2 * np.pi))
+    zoom = np.exp(config.camera_zoom * rng.uniform(0.05, 0.25)
+                  * np.sin(2 * np.pi * frames / rng.uniform(40, 120) + rng.uniform(0, 2 * np.pi)))
+    angle = config.camera_zoom * rng.uniform(0.0, 0.08) * np.sin(2 * np.pi * frames / rng.uniform(60, 150)
+                                                                  + rng.uniform(0, 2 * np.pi))
     direction = rng.uniform(0, 2 * np.pi)
-    speed = rng.uniform(0.0, 0.006) * diag
+    speed = rng.uniform(*config.pan_speed) * diag
     wobble = rng.uniform(0, 0.03) * diag
     pan = speed * frames[:, None] * np.array([np.cos(direction), np.sin(direction)])
     pan += wobble * np.sin(2 * np.pi * frames[:, None] / rng.uniform(30, 90) + rng.uniform(0, 6, 2))

@@ -34,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--motion-scale", type=float, default=defaults.motion_scale,
                         help="scene time between frames: 2 doubles every motion per frame (default 1)")
+    parser.add_argument("--camera-zoom", type=float, default=defaults.camera_zoom,
+                        help="scale of the camera's zoom and roll (0 = a camera that only pans; default 1)")
+    parser.add_argument("--pan-speed", type=float, nargs=2, metavar=("MIN", "MAX"), default=defaults.pan_speed,
+                        help="camera pan speed range, fraction of the image diagonal per frame "
+                             f"(default {defaults.pan_speed[0]} {defaults.pan_speed[1]})")
     parser.add_argument("--no-flow", action="store_true", help="do not write ground-truth flow")
     parser.add_argument("--no-video", action="store_true", help="do not write mp4 videos")
     parser.add_argument("--jpeg-quality", type=int, default=defaults.jpeg_quality)
@@ -66,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             fps=args.fps,
             workers=args.workers,
             motion_scale=args.motion_scale,
+            camera_zoom=args.camera_zoom,
+            pan_speed=tuple(args.pan_speed),
         )
         start = time.perf_counter()
         names = write_synthetic_davis(

@@ -17,6 +17,7 @@ by 80 at a width of 384: ``flow_scale = 80 / 384``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -34,6 +35,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 REFERENCE_FLOW_SCALE = 80.0 / 384.0
 BORDER_FRACTION = 0.6
 NORMALIZERS = ("image_only", "zero")
+CONTEXT_FITS = ("none", "mean", "affine")
 
 
 @dataclass
@@ -53,6 +55,9 @@ class MotionVOSNetConfig:
     normalizer: str = "image_only"  # D(m) from the image-only inpainter, or "zero": from zero flow (|u|)
     input_stride: int = 2  # the networks and the loss work at 1/input_stride of the input size
     cap_ratio: bool = False  # generator loss with min(E/D, 1) (see densessl.losses.cis)
+    generator_flow_norm: bool = False  # the generator sees each sample's flow standardised (mean 0, RMS 1)
+    inpainter_context: str = "none"  # none | mean | affine: the fit of the visible flow the inpainter corrects
+    min_hidden_fraction: float = 0.0  # hard_context: each call hides at least this fraction (its likeliest pixels)
 
     def validate(self) -> None:
         """InputError naming the first bad setting (as ``model.<key>``)."""
@@ -61,11 +66,16 @@ class MotionVOSNetConfig:
 
         if self.norm not in NORMS:
             raise InputError(f"model.norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        if self.inpainter_context not in CONTEXT_FITS:
+            raise InputError(f"model.inpainter_context must be one of {', '.join(CONTEXT_FITS)}, "
+                             f"got {self.inpainter_context!r}")
         if self.normalizer not in NORMALIZERS:
             raise InputError(f"model.normalizer must be one of {', '.join(NORMALIZERS)}, got {self.normalizer!r}")
         for key in ("generator_steps", "input_stride"):
             if getattr(self, key) < 1:
                 raise InputError(f"model.{key} must be >= 1, got {getattr(self, key)}")
+        if not 0.0 <= self.min_hidden_fraction < 1.0:
+            raise InputError(f"model.min_hidden_fraction must lie in [0, 1), got {self.min_hidden_fraction}")
         for key in ("mask_temperature", "flow_scale", "epsilon_per_element"):
             if not getattr(self, key) > 0:
                 raise InputError(f"model.{key} must be > 0, got {getattr(self, key)}")
@@ -73,8 +83,63 @@ class MotionVOSNetConfig:
             raise InputError("model.generator_widths and model.inpainter_widths must not be empty")
 
 
+FLOW_STAT_FLOOR = 1e-4  # normalised flow units: 0.008 px at a width of 384 with the reference scale
+SPREAD_FLOOR_FRACTION = 0.1  # a uniform (pure translation) flow is scaled by 0.1 × its magnitude
+
+
+def standardize_flow(flow: Tensor) -> Tensor:
+    """Each sample's ``B×2×H×W`` flow minus its mean (per component), divided by the RMS of the
+    result over both components (plus a small floor): the motion pattern, whatever its magnitude."""
+    centred = flow - flow.mean(dim=(2, 3), keepdim=True)
+    spread = (centred.square().mean(dim=(1, 2, 3), keepdim=True) + FLOW_STAT_FLOOR**2).sqrt()
+    return centred / spread
+
+
+def context_flow_fit(masked_flow: Tensor, hidden: Tensor, model: str = "mean") -> tuple[Tensor, Tensor]:
+    """A fit of the flow visible outside ``hidden``, everywhere, and the size of what it leaves.
+
+    Args:
+        masked_flow: ``B×2×H×W`` flow (only the visible pixels are read).
+        hidden: ``B×1×H×W`` in [0, 1]; the visible weight of a pixel is ``1 − hidden``.
+        model: ``mean`` (one translation per sample) or ``affine`` (``u = a + b·x + c·y`` per
+            component over coordinates in [-1, 1]; weighted least squares, closed form).
+    Returns:
+        ``fit`` (``B×2×H×W``) and ``scale`` (``B×1×1×1``): the visible flow's RMS deviation from the
+        fit plus 0.1 × its RMS magnitude (so a perfectly fitted field is not divided by ~0) plus a
+        small floor. A sample with no visible flow gets fit 0 and scale 1. Nothing inside
+        ``hidden`` enters either. Computed in float32 (also under autocast).
+    """
+    if model not in ("mean", "affine"):
+        raise ValueError(f"model must be 'mean' or 'affine', got {model!r}")
+    masked_flow, hidden = masked_flow.float(), hidden.float()
+    visible = 1.0 - hidden
+    count = visible.sum(dim=(2, 3), keepdim=True)
+    has_context = (count > 0.5).to(masked_flow.dtype)
+    count = count.clamp(min=1.0)
+    if model == "mean":
+        fit = (masked_flow * visible).sum(dim=(2, 3), keepdim=True) / count * has_context
+        fit = fit.expand_as(masked_flow)
+    else:
+        basis = torch.cat([torch.ones_like(hidden), coordinate_grid(hidden)], dim=1)  # B×3×H×W
+        with torch.autocast(masked_flow.device.type, enabled=False):
+            gram = torch.einsum("bihw,bjhw->bij", basis * visible, basis)
+            moments = torch.einsum("bihw,bchw->bic", basis * visible, masked_flow)
+            # a small ridge keeps a degenerate context (a line, a few pixels) solvable
+            ridge = 1e-4 * count.view(-1, 1, 1) * torch.eye(3, dtype=gram.dtype, device=gram.device)
+            params = torch.linalg.solve(gram + ridge, moments)  # B×3×2
+            fit = torch.einsum("bihw,bic->bchw", basis, params) * has_context.view(-1, 1, 1, 1)
+    residual = ((masked_flow - fit).square() * visible).sum(dim=(1, 2, 3), keepdim=True) / (2 * count)
+    magnitude = (masked_flow.square() * visible).sum(dim=(1, 2, 3), keepdim=True) / (2 * count)
+    scale = (residual + FLOW_STAT_FLOOR**2).sqrt() + SPREAD_FLOOR_FRACTION * (magnitude + FLOW_STAT_FLOOR**2).sqrt()
+    return fit, scale * has_context + (1.0 - has_context)
+
+
 class MaskGenerator(nn.Module):
-    """``B×3×H×W`` image and ``B×2×H×W`` flow (both normalised) → ``B×2×H×W`` logits."""
+    """``B×3×H×W`` image and ``B×2×H×W`` flow (both normalised) → ``B×2×H×W`` logits.
+
+    ``flow_norm``: the flow is standardised per sample (:func:`standardize_flow`) before it enters
+    the network, so slow and fast videos give inputs of the same size.
+    """
 
     def __init__(
         self,
@@ -82,12 +147,16 @@ class MaskGenerator(nn.Module):
         dilations: Sequence[int] = (2, 4, 8),
         norm: str = "batch",
         temperature: float = 10.0,
+        flow_norm: bool = False,
     ) -> None:
         super().__init__()
         self.temperature = float(temperature)
+        self.flow_norm = flow_norm
         self.unet = UNet(5, 2, widths, dilations, norm)
 
     def forward(self, image: Tensor, flow: Tensor) -> Tensor:
+        if self.flow_norm:
+            flow = standardize_flow(flow)
         return self.unet(torch.cat([image, flow], dim=1))
 
     def mask(self, logits: Tensor) -> Tensor:
@@ -110,6 +179,13 @@ class FlowInpainter(nn.Module):
     An image encoder and a (masked flow, mask) encoder run side by side; their features are
     concatenated at every stride, a dilated bottleneck widens the context at the coarsest one,
     and a U-Net decoder predicts ``B×2×H×W`` flow.
+
+    ``context`` (``mean`` or ``affine``): the network corrects a fit of the visible flow. The
+    visible flow enters as ``(u − fit) / s`` and the output leaves as ``fit + s · out``, with
+    ``fit, s`` from :func:`context_flow_fit` of the visible flow only. Predicting zero then fills
+    the hole with the context's mean (or affine) motion, so a panning (or zooming) camera is
+    solved at initialisation, and the network sees flow of unit size at any magnitude.
+    ``none``: the flow enters as it is (the reference).
     """
 
     def __init__(
@@ -117,8 +193,12 @@ class FlowInpainter(nn.Module):
         widths: Sequence[int] = (32, 64, 128, 256),
         dilations: Sequence[int] = (2, 4, 8),
         norm: str = "batch",
+        context: str = "none",
     ) -> None:
         super().__init__()
+        if context not in CONTEXT_FITS:
+            raise ValueError(f"context must be one of {', '.join(CONTEXT_FITS)}, got {context!r}")
+        self.context = context
         self.image_encoder = Encoder(3, widths, norm)
         self.flow_encoder = Encoder(5, widths, norm)
         fused = [2 * w for w in widths]
@@ -130,13 +210,30 @@ class FlowInpainter(nn.Module):
 
     def decode(self, image_features: Sequence[Tensor], masked_flow: Tensor, hidden: Tensor) -> Tensor:
         """``hidden`` (``B×1×H×W``) marks where the flow is to be predicted."""
+        if self.context != "none":
+            fit, scale = context_flow_fit(masked_flow, hidden, self.context)
+            masked_flow = (masked_flow - fit) / scale * (1.0 - hidden)
         flow_features = self.flow_encoder(torch.cat([masked_flow, hidden, coordinate_grid(hidden)], dim=1))
         features = [torch.cat([a, b], dim=1) for a, b in zip(image_features, flow_features)]
         features[-1] = self.bottleneck(features[-1])
-        return self.decoder(features)
+        out = self.decoder(features)
+        return fit + scale * out if self.context != "none" else out
 
     def forward(self, image: Tensor, masked_flow: Tensor, hidden: Tensor) -> Tensor:
         return self.decode(self.encode_image(image), masked_flow, hidden)
+
+
+def hide_region(soft: Tensor, min_fraction: float = 0.0) -> Tensor:
+    """``B×1×H×W`` {0, 1}: where ``soft > 0.5``, and at least the ``min_fraction`` of each sample's
+    pixels with the highest ``soft`` (so that an undecided mask, below 0.5 everywhere, still hides
+    its likeliest region instead of nothing)."""
+    hard = soft > 0.5
+    if min_fraction > 0:
+        flat = soft.detach().flatten(1)
+        k = max(1, math.ceil(min_fraction * flat.shape[1]))
+        kth_largest = flat.topk(k, dim=1).values[:, -1].view(-1, 1, 1, 1)
+        hard = hard | (soft >= kth_largest)
+    return hard.to(soft.dtype)
 
 
 def _set_requires_grad(module: nn.Module, flag: bool) -> None:
@@ -158,8 +255,9 @@ class MotionVOSModel(nn.Module):
         cfg = config or MotionVOSNetConfig()
         cfg.validate()
         self.config = cfg
-        self.generator = MaskGenerator(cfg.generator_widths, cfg.dilations, cfg.norm, cfg.mask_temperature)
-        self.inpainter = FlowInpainter(cfg.inpainter_widths, cfg.dilations, cfg.norm)
+        self.generator = MaskGenerator(cfg.generator_widths, cfg.dilations, cfg.norm, cfg.mask_temperature,
+                                       cfg.generator_flow_norm)
+        self.inpainter = FlowInpainter(cfg.inpainter_widths, cfg.dilations, cfg.norm, cfg.inpainter_context)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
@@ -191,11 +289,13 @@ class MotionVOSModel(nn.Module):
         """The inpainter calls of the loss in one batch (the image is encoded once): inside the
         mask, inside its complement, and (``normalizer='image_only'``) with no flow at all."""
         b = image.shape[0]
-        if self.config.hard_context:
-            mask = mask + ((mask > 0.5).to(mask.dtype) - mask).detach()
-        complement = 1.0 - mask
-        masked = [flow * complement, flow * mask]
-        hidden = [mask, complement]
+        inside, outside = mask, 1.0 - mask
+        if self.config.hard_context:  # straight-through: hard values forward, soft gradients back
+            fraction = self.config.min_hidden_fraction
+            inside = inside + (hide_region(inside, fraction) - inside).detach()
+            outside = outside + (hide_region(outside, fraction) - outside).detach()
+        masked = [flow * (1.0 - inside), flow * (1.0 - outside)]
+        hidden = [inside, outside]
         if self.config.normalizer == "image_only":
             masked.append(torch.zeros_like(flow))
             hidden.append(torch.ones_like(mask))
