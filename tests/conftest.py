@@ -188,26 +188,12 @@ def built_extension(op):
 
 def make_motion_set(root: Path, flows: Path, num_sequences: int = 4, num_frames: int = 5, height: int = 48,
                     width: int = 64, num_val: int | None = None, **scene) -> list[str]:
-    """Synthetic DAVIS-2017-layout set plus its exact forward flow as a ``+1`` flow tree.
-
-    One extra frame is rendered and dropped so that every kept frame has a +1 flow file.
-    ``num_val`` defaults to half the sequences; ``scene`` passes other :class:`SyntheticConfig`
+    """Synthetic DAVIS-2017-layout set plus the exact forward flow of every frame as a ``+1`` flow
+    tree. ``num_val`` defaults to half the sequences; ``scene`` passes other :class:`SyntheticConfig`
     settings (objects, camera)."""
-    import shutil
-
-    from densessl.datasets.flow_cache import flow_path
     from densessl.datasets.synthetic import SyntheticConfig, write_synthetic_davis
 
-    config = SyntheticConfig(num_sequences=num_sequences, num_frames=num_frames + 1, height=height, width=width,
+    config = SyntheticConfig(num_sequences=num_sequences, num_frames=num_frames, height=height, width=width,
                              num_val=num_sequences // 2 if num_val is None else num_val, write_video=False,
-                             workers=1, **scene)
-    names = write_synthetic_davis(root, config, progress=False)
-    for name in names:
-        last = f"{num_frames:05d}"
-        (root / "JPEGImages" / "480p" / name / f"{last}.jpg").unlink()
-        (root / "Annotations" / "480p" / name / f"{last}.png").unlink()
-        for t in range(num_frames):
-            target = flow_path(flows, 1, name, f"{t:05d}")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(root / "Flows" / "gt" / "480p" / name / f"{t:05d}.flo", target)
-    return names
+                             write_flow=False, workers=1, **scene)
+    return write_synthetic_davis(root, config, progress=False, flow_root=flows)

@@ -2,11 +2,7 @@
 
 The videos have a moving camera (a pan plus some zoom and roll), so the flow magnitude alone does
 not single out the objects; the test asserts that the trained generator does, and clearly better
-than the magnitude threshold does. Settings beyond the reference recipe: the two flow
-normalisations (``model.inpainter_context=mean``, ``model.generator_flow_norm``), ε four times the
-reference's (these slow videos' flow is small next to it; a larger ε keeps the generator from
-shrinking its mask onto the few pixels with the highest error ratio), and a cosine learning-rate
-decay so that the last weights, the ones scored, are settled.
+than the magnitude threshold does. The settings are ``SYNTHETIC_CPU_RECIPE`` (the demo's too).
 """
 
 from __future__ import annotations
@@ -14,6 +10,7 @@ from __future__ import annotations
 from conftest import make_motion_set
 
 from densessl.datasets.davis import DavisDataset
+from densessl.tools.train_motion_vos import SYNTHETIC_CPU_RECIPE
 from densessl.tools.train_motion_vos import main as train_main
 from densessl.video.motion_vos_eval import (
     MotionPredictConfig, baseline_predictor, evaluate_predictor, load_motion_vos, model_predictor,
@@ -28,12 +25,8 @@ def test_cis_learns_to_segment_moving_objects_on_held_out_videos(tmp_path):
     make_motion_set(root, flows, num_sequences=64 + 16, num_val=16, num_frames=8, height=SIZE[0], width=SIZE[1],
                     seed=0, **SCENES)
     args = [
-        "--config", "configs/motion_vos.yaml", f"data.davis_root={root}", f"data.flow_root={flows}",
-        "data.year=2017", "data.split=train", "data.gaps=[1]",
-        "model.generator_widths=[8,16,32]", "model.inpainter_widths=[8,16,32]",
-        "model.inpainter_context=mean", "model.generator_flow_norm=true", "model.epsilon_per_element=2e-3",
-        f"augment.size=[{SIZE[0]},{SIZE[1]}]", "augment.min_scale=0.8",
-        "train.batch_size=8", "train.lr=1e-3", "train.schedule=cosine", "train.max_steps=600", "train.num_workers=0",
+        "--config", "configs/motion_vos.yaml", *SYNTHETIC_CPU_RECIPE,
+        f"data.davis_root={root}", f"data.flow_root={flows}", "data.year=2017", "data.split=train",
         "train.progress=false", "train.log_every=100", f"train.out_dir={tmp_path / 'runs'}", "train.name=cis",
     ]
     assert train_main(args) == 0

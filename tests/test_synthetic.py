@@ -359,3 +359,40 @@ def test_tool(tmp_path, capsys):
     assert settings["camera_zoom"] == 0.0 and settings["pan_speed"] == [0.01, 0.02]
     assert tool_main(argv + ["--overwrite", "--pan-speed", "0.02", "0.01"]) == 2
     assert "--pan-speed" in capsys.readouterr().err
+
+
+def test_flow_cache_holds_the_exact_flow_of_every_frame(tmp_path):
+    config = dataclasses.replace(SMALL, num_sequences=2, num_frames=4, write_video=False, num_val=1)
+    root, cache = tmp_path / "set", tmp_path / "flows"
+    names = write_synthetic_davis(root, config, progress=False, flow_root=cache)
+    longer = dataclasses.replace(config, num_frames=config.num_frames + 1)
+    for index, name in enumerate(names):
+        cached = sorted((cache / "+1" / name).glob("*.flo"))
+        assert [p.stem for p in cached] == [f"{t:05d}" for t in range(config.num_frames)]  # the last frame too
+        assert len(list((root / "JPEGImages/480p" / name).glob("*.jpg"))) == config.num_frames
+        assert len(list((root / "Flows/gt/480p" / name).glob("*.flo"))) == config.num_frames - 1
+        reference = generate_sequence(longer, index, with_flow=True)
+        for t, path in enumerate(cached):
+            np.testing.assert_array_equal(read_flo(path), reference.flows[t])
+            np.testing.assert_array_equal(Image.open(root / f"Annotations/480p/{name}/{t:05d}.png"),
+                                          reference.masks[t])
+    assert json.loads((root / "meta.json").read_text())["flow_cache"] == str(cache)
+
+    # an existing cache is neither merged into nor replaced without overwrite
+    other = tmp_path / "other"
+    with pytest.raises(InputError, match="flow cache already holds") as info:
+        write_synthetic_davis(other, config, progress=False, flow_root=cache)
+    assert str(cache / "+1" / names[0]) in str(info.value)
+    stale = cache / "+1" / names[0] / "00099.flo"
+    stale.write_bytes(b"old")
+    write_synthetic_davis(other, config, progress=False, flow_root=cache, overwrite=True)
+    assert not stale.exists()
+
+
+def test_tool_writes_a_flow_cache(tmp_path, capsys):
+    out, cache = tmp_path / "tool", tmp_path / "cache"
+    argv = ["--out", str(out), "--sequences", "1", "--frames", "3", "--height", "32", "--width", "48",
+            "--num-val", "0", "--no-flow", "--no-video", "--workers", "1", "--quiet", "--flow-cache", str(cache)]
+    assert tool_main(argv) == 0
+    assert len(list((cache / "+1" / "synth-000").glob("*.flo"))) == 3
+    assert not (out / "Flows").exists()

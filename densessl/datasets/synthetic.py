@@ -29,7 +29,7 @@ import json
 import math
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -815,15 +815,26 @@ def _sequence_paths(root: Path, name: str) -> list[Path]:
     ]
 
 
-def _write_sequence(job: tuple[str, SyntheticConfig, int]) -> dict:
+def _cache_flow_dir(flow_root: Path, name: str) -> Path:
+    """The ``+1`` folder of a sequence in a flow-cache tree (:mod:`densessl.datasets.flow_cache`)."""
+    from densessl.datasets.flow_cache import gap_folder
+
+    return flow_root / gap_folder(1) / name
+
+
+def _write_sequence(job: tuple[str, SyntheticConfig, int, str | None]) -> dict:
     """Generate and write one sequence (runs in a worker process). Returns its summary."""
-    root_text, config, index = job
+    root_text, config, index, flow_root = job
     cv2.setNumThreads(1)
     root = Path(root_text)
     name = sequence_name(index)
     image_dir, mask_dir, flow_dir, video_path = _sequence_paths(root, name)
-    for folder in (image_dir, mask_dir) + ((flow_dir,) if config.write_flow else ()):
+    cache_dir = None if flow_root is None else _cache_flow_dir(Path(flow_root), name)
+    for folder in (image_dir, mask_dir) + ((flow_dir,) if config.write_flow else ()) + ((cache_dir,) if cache_dir else ()):
         folder.mkdir(parents=True, exist_ok=True)
+    # a flow cache needs the flow of the last frame too: the scene is rendered one frame further
+    render = config if cache_dir is None else replace(config, num_frames=config.num_frames + 1)
+    with_flow = config.write_flow or cache_dir is not None
     writer = None
     if config.write_video:
         video_path.parent.mkdir(parents=True, exist_ok=True)
@@ -836,17 +847,19 @@ def _write_sequence(job: tuple[str, SyntheticConfig, int]) -> dict:
     params = [cv2.IMWRITE_JPEG_QUALITY, int(config.jpeg_quality)]
     num_objects = 0
     try:
-        for t, (frame, ids, flow, out) in enumerate(
-            _iter_frames(config, index, config.write_flow, photometric=True)
-        ):
+        for t, (frame, ids, flow, out) in enumerate(_iter_frames(render, index, with_flow, photometric=True)):
+            if t == config.num_frames:
+                break
             num_objects = len(out.amodal)
             bgr = frame
             jpg = image_dir / f"{t:05d}.jpg"
             if not cv2.imwrite(str(jpg), bgr, params):
                 raise InputError("cannot write image", jpg)
             write_indexed_png(mask_dir / f"{t:05d}.png", ids)
-            if flow is not None:
+            if flow is not None and config.write_flow and t + 1 < config.num_frames:  # T−1 files
                 write_flo(flow_dir / f"{t:05d}.flo", flow)
+            if flow is not None and cache_dir is not None:
+                write_flo(cache_dir / f"{t:05d}.flo", flow)
             if writer is not None:
                 writer.write(bgr)
     finally:
@@ -889,6 +902,7 @@ def write_synthetic_davis(
     overwrite: bool = False,
     *,
     progress: bool = True,
+    flow_root: str | os.PathLike | None = None,
 ) -> list[str]:
     """Generate ``config.num_sequences`` sequences and write them in the DAVIS-2017 layout.
 
@@ -897,6 +911,11 @@ def write_synthetic_davis(
             videos of the sequences being written are replaced; other files are left alone).
         config: the settings.
         progress: show a progress bar over sequences.
+        flow_root: also write the exact forward flow of *every* frame as the ``+1`` gap of a
+            flow-cache tree (``<flow_root>/+1/<seq>/<frame>.flo``, the layout that
+            ``tools/compute_flow.py`` writes and the motion-segmentation tools read). The scene is
+            rendered one frame further so that the last frame has its flow too; that extra frame
+            is not written. The ``+1/<seq>`` folders must not exist unless ``overwrite``.
 
     With more than one worker the sequences are written by spawned processes, so a script that
     calls this must guard its entry point with ``if __name__ == "__main__":``.
@@ -918,7 +937,17 @@ def write_synthetic_davis(
     if root.is_dir() and any(root.iterdir()) and not overwrite:
         raise InputError("output folder is not empty (pass --overwrite to write into it)", root)
     names = [sequence_name(i) for i in range(config.num_sequences)]
+    cache_dirs = [] if flow_root is None else [_cache_flow_dir(Path(flow_root), name) for name in names]
+    if flow_root is not None:
+        if Path(flow_root).exists() and not Path(flow_root).is_dir():
+            raise InputError("flow cache path exists and is not a folder", flow_root)
+        taken = [d for d in cache_dirs if d.exists()]
+        if taken and not overwrite:
+            raise InputError("the flow cache already holds this sequence (pass --overwrite to replace it)", taken[0])
     if overwrite:
+        for path in cache_dirs:
+            if path.is_dir():
+                shutil.rmtree(path)
         for name in names:
             for path in _sequence_paths(root, name):
                 if path.is_dir():
@@ -930,7 +959,8 @@ def write_synthetic_davis(
     except OSError as error:
         raise InputError(f"cannot create the output folder ({error})", root) from error
 
-    jobs = [(str(root), config, i) for i in range(config.num_sequences)]
+    cache_text = None if flow_root is None else str(flow_root)
+    jobs = [(str(root), config, i, cache_text) for i in range(config.num_sequences)]
     workers = _resolve_workers(config)
     bar = tqdm(total=len(jobs), desc="synthetic DAVIS", unit="seq", disable=not progress)
     summaries: list[dict] = []
@@ -963,6 +993,7 @@ def write_synthetic_davis(
         "resolution_folder": RESOLUTION_FOLDER,
         "flow": "forward, frame t -> t+1, Middlebury .flo, (dx, dy) pixels" if config.write_flow
         else None,
+        "flow_cache": None if flow_root is None else str(flow_root),
         "sequences": [{**s, "split": split_of[s["name"]]} for s in summaries],
     }
     (root / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -1,12 +1,16 @@
-"""The end-to-end demo on generated data: label propagation with several backbones, scored
-with the official DAVIS J&F, a results table, overlay pictures and a bar chart.
+"""The end-to-end demo on generated data: label propagation with several backbones (after a short
+CRW training), scored with the official DAVIS J&F; and motion segmentation (a short CIS training on
+exact flow) against flow baselines, scored with the DAVIS-2016 unsupervised protocol. Results
+tables, overlay pictures and bar charts.
 
 Example::
 
     python tools/demo.py --out demo_out --overwrite
 
 Writes ``<out>/data`` (the synthetic DAVIS-style set), ``<out>/<method>/`` (predictions,
-official CSVs, overlays), ``<out>/results.md`` and ``<out>/jf_by_method.png``.
+official CSVs, overlays), ``<out>/motion_data`` + ``<out>/motion_flows`` (the motion set and its
+flow cache), ``<out>/motion/<method>/`` (masks, CSVs, overlays), ``<out>/results.md``,
+``<out>/results.json``, ``<out>/jf_by_method.png`` and ``<out>/motion_j_by_method.png``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Sequence
 
 from densessl.errors import InputError
 from densessl.tools._common import run_main
@@ -34,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-minutes", type=float, default=2.0,
                         help="wall-time budget of the short CRW training (0 = skip)")
+    parser.add_argument("--motion-sequences", type=int, default=80,
+                        help="synthetic motion-segmentation sequences (96×128, 8 frames); a fifth "
+                             "val, the rest train (default 80)")
+    parser.add_argument("--motion-steps", type=int, default=600,
+                        help="steps of the short CIS motion-segmentation training (0 = skip the "
+                             "motion stage; default 600, the learning test's recipe)")
     parser.add_argument("--device", default="auto")
     return parser
 
@@ -65,6 +76,60 @@ def _train_crw(data_root: Path, run_dir: Path, minutes: float, device: str) -> P
     return run_dir / "checkpoints" / "backbone.pt"
 
 
+# The motion set: small slow videos whose camera pans and zooms a little (0.3 of the default zoom),
+# so that the flow magnitude alone does not single out the objects.
+MOTION_SIZE = (96, 128)
+_MOTION_SCENES = dict(num_frames=8, height=MOTION_SIZE[0], width=MOTION_SIZE[1], min_objects=1, max_objects=2,
+                      camera_zoom=0.3, pan_speed=(0.004, 0.01), write_flow=False, write_video=False)
+_MOTION_METHODS = {  # label -> baseline name (None: the trained CIS model)
+    "CIS (trained)": None, "flow magnitude": "flow-magnitude", "camera-compensated": "camera-compensated",
+}
+
+
+def _motion_stage(out: Path, args: argparse.Namespace, device: str) -> dict[str, dict[str, float]]:
+    """Synthetic motion set with exact flow → short CIS training → scores of CIS and two flow
+    baselines on the held-out sequences (masks, CSVs and overlays under ``<out>/motion``)."""
+    import contextlib
+
+    from densessl.datasets.synthetic import SyntheticConfig, write_synthetic_davis
+    from densessl.tools.eval_motion_vos import main as eval_main
+    from densessl.tools.train_motion_vos import SYNTHETIC_CPU_RECIPE, MotionVOSConfig, train
+    from densessl.engine.config import load_config
+
+    root, flows = out / "motion_data", out / "motion_flows"
+    config = SyntheticConfig(num_sequences=args.motion_sequences, num_val=max(1, args.motion_sequences // 5),
+                             seed=args.seed, **_MOTION_SCENES)
+    print(f"[4/6] generating {config.num_sequences} moving-camera sequences ({config.num_frames} frames, "
+          f"{config.height}×{config.width}) with exact flow in {root}")
+    write_synthetic_davis(root, config, progress=False, flow_root=flows)
+
+    print(f"[5/6] training CIS motion segmentation for {args.motion_steps} steps on the train split")
+    run = out / "motion" / "cis_run"
+    overrides = [
+        *SYNTHETIC_CPU_RECIPE, f"data.davis_root={root}", f"data.flow_root={flows}", "data.year=2017",
+        "data.split=train", f"train.max_steps={args.motion_steps}", f"train.seed={args.seed}",
+        f"train.out_dir={run.parent}", f"train.name={run.name}", f"train.device={device}",
+        "train.checkpoint_every=100000", "train.log_every=50",
+    ]
+    train(load_config(MotionVOSConfig, None, overrides))
+
+    print("[6/6] motion segmentation of the val split (DAVIS-2016 unsupervised protocol)")
+    results: dict[str, dict[str, float]] = {}
+    for label, baseline in _MOTION_METHODS.items():
+        folder = out / "motion" / _slug(label)
+        source = (["--baseline", baseline] if baseline
+                  else ["--checkpoint", str(run / "checkpoints" / "motion_vos.pt"), "--device", device])
+        argv = [*source, "--davis-root", str(root), "--year", "2017", "--split", "val", "--flow-root", str(flows),
+                "--gaps", "+1", "--size", str(MOTION_SIZE[0]), str(MOTION_SIZE[1]), "--out", str(folder)]
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "scores.txt", "w") as log, contextlib.redirect_stdout(log):
+            if eval_main(argv + ["--overwrite"]) != 0:
+                raise RuntimeError(f"motion evaluation of {label} failed (see {folder / 'scores.txt'})")
+        results[label] = json.loads((folder / "settings.json").read_text())["scores"]["raw"]
+        print(f"      {label:<20} J {results[label]['J-Mean']:.3f}  F {results[label]['F-Mean']:.3f}  -> {folder}")
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
@@ -79,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         from densessl.video.davis_propagation import propagate_dataset, resolve_device
         from densessl.video.propagation import make_config
 
+        if args.motion_steps > 0 and args.motion_sequences < 2:
+            raise InputError(f"--motion-sequences must be at least 2 (train and val), got {args.motion_sequences}")
         out = Path(args.out)
         if out.exists() and any(out.iterdir()):
             if not args.overwrite:
@@ -88,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         device = resolve_device(args.device)
         started = time.perf_counter()
 
-        print(f"[1/4] generating {args.sequences} synthetic sequences "
+        print(f"[1/6] generating {args.sequences} synthetic sequences "
               f"({args.frames} frames, {args.height}×{args.width}) in {out / 'data'}")
         data_root = out / "data"
         write_synthetic_davis(
@@ -106,15 +173,15 @@ def main(argv: list[str] | None = None) -> int:
             "resnet18-crw layer3 (random init)": ("resnet18-crw", None, "layer3"),
         }
         if args.train_minutes > 0:
-            print(f"[2/4] training CRW for {args.train_minutes:g} min on the train split")
+            print(f"[2/6] training CRW for {args.train_minutes:g} min on the train split")
             checkpoint = _train_crw(data_root, out / "crw_run", args.train_minutes, str(device))
             methods["resnet18-crw layer2 (random init)"] = ("resnet18-crw", None, "layer2")
             methods["resnet18-crw layer2 (CRW-trained)"] = ("resnet18-crw", str(checkpoint),
                                                             "layer2")
         else:
-            print("[2/4] CRW training skipped (--train-minutes 0)")
+            print("[2/6] CRW training skipped (--train-minutes 0)")
 
-        print(f"[3/4] label propagation (CRW protocol) on {len(dataset)} val sequences, "
+        print(f"[3/6] label propagation (CRW protocol) on {len(dataset)} val sequences, "
               f"device {device}")
         config = make_config("crw")
         results: dict[str, dict[str, float]] = {}
@@ -131,17 +198,35 @@ def main(argv: list[str] | None = None) -> int:
             print(f"      {label:<28} J&F {scores.jf_mean:.3f}  "
                   f"({timing['frames_per_second']:.1f} frames/s)  -> {folder}")
 
-        print("[4/4] results")
+        motion: dict[str, dict[str, float]] = {}
+        if args.motion_steps > 0:
+            motion = _motion_stage(out, args, str(device))
+        else:
+            print("[4-6/6] motion segmentation skipped (--motion-steps 0)")
+
+        print("\nresults")
         table = _markdown_table(results)
+        report = ("# densessl demo on synthetic DAVIS-style data\n\n"
+                  "## Label propagation (CRW protocol, DAVIS J&F, val split)\n\n" + table + "\n")
         print(table)
-        (out / "results.md").write_text(
-            "# densessl demo: label propagation on synthetic DAVIS-style data\n\n" + table + "\n")
-        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         save_bar_chart(out / "jf_by_method.png",
                        {label: row["J&F-Mean"] for label, row in results.items()},
                        title="DAVIS J&F on synthetic val (CRW protocol)")
-        print(f"\nwrote {out / 'results.md'}, {out / 'jf_by_method.png'} and overlays under "
-              f"{out}/*/overlays in {time.perf_counter() - started:.0f} s")
+        if motion:
+            motion_table = _markdown_table(motion, _MOTION_COLUMNS)
+            report += ("\n## Motion segmentation (DAVIS-2016 unsupervised protocol, held-out val split)\n\n"
+                       f"CIS trained for {args.motion_steps} steps on exact flow; the baselines threshold the "
+                       "flow magnitude, or its residual after a robust camera-motion fit, with Otsu.\n\n"
+                       + motion_table + "\n")
+            print("\n" + motion_table)
+            save_bar_chart(out / "motion_j_by_method.png",
+                           {label: row["J-Mean"] for label, row in motion.items()},
+                           title="J-Mean on synthetic val (unsupervised)", ylabel="J-Mean")
+        (out / "results.md").write_text(report)
+        (out / "results.json").write_text(
+            json.dumps({"propagation": results, "motion_segmentation": motion}, indent=2) + "\n")
+        print(f"\nwrote {out / 'results.md'}, the bar charts and overlays under "
+              f"{out}/*/overlays and {out}/motion/*/overlays in {time.perf_counter() - started:.0f} s")
         return 0
 
     return run_main(body)
@@ -151,8 +236,11 @@ def _slug(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in label).strip("_")
 
 
-def _markdown_table(results: dict[str, dict[str, float]]) -> str:
-    columns = ["J&F-Mean", "J-Mean", "F-Mean", "J-Recall", "F-Recall", "frames/s"]
+_PROPAGATION_COLUMNS = ("J&F-Mean", "J-Mean", "F-Mean", "J-Recall", "F-Recall", "frames/s")
+_MOTION_COLUMNS = ("J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall")
+
+
+def _markdown_table(results: dict[str, dict[str, float]], columns: Sequence[str] = _PROPAGATION_COLUMNS) -> str:
     lines = ["| method | " + " | ".join(columns) + " |",
              "|---|" + "---:|" * len(columns)]
     for label, row in results.items():

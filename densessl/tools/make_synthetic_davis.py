@@ -1,6 +1,7 @@
 """Generate a synthetic DAVIS-2017-style video set with exact masks and ground-truth flow.
 
     python tools/make_synthetic_davis.py --out data/synthetic --sequences 30 --frames 60
+    python tools/make_synthetic_davis.py --out data/motion --flow-cache data/motion_flows --no-flow
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
                              f"(default {defaults.pan_speed[0]} {defaults.pan_speed[1]})")
     parser.add_argument("--no-flow", action="store_true", help="do not write ground-truth flow")
     parser.add_argument("--no-video", action="store_true", help="do not write mp4 videos")
+    parser.add_argument("--flow-cache", metavar="DIR", default=None,
+                        help="also write every frame's exact flow to the next frame as the +1 gap of a flow "
+                             "cache (DIR/+1/<seq>/<frame>.flo), the layout compute-flow writes and "
+                             "train-motion-vos / eval-motion-vos read")
     parser.add_argument("--jpeg-quality", type=int, default=defaults.jpeg_quality)
     parser.add_argument("--fps", type=float, default=defaults.fps, help="frame rate of the mp4s")
     parser.add_argument("--workers", type=int, default=defaults.workers,
@@ -76,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         start = time.perf_counter()
         names = write_synthetic_davis(
-            args.out, config, overwrite=args.overwrite, progress=not args.quiet
+            args.out, config, overwrite=args.overwrite, progress=not args.quiet, flow_root=args.flow_cache
         )
         train, val = split_names(config)
         print(
