@@ -249,6 +249,17 @@ def test_time_budget_writes_a_final_checkpoint(tmp_path):
     assert load_checkpoint(trainer.checkpoint_path)["step"] == 1
 
 
+@pytest.mark.parametrize("schedule, warns", [("step", True), ("cosine", True), ("constant", False)])
+def test_time_budget_warns_when_the_schedule_follows_steps(tmp_path, caplog, schedule, warns):
+    trainer = make_trainer(tmp_path, f"timed-{schedule}", max_minutes=1e-9, max_steps=50, schedule=schedule)
+    with caplog.at_level("WARNING", logger="densessl.engine"):
+        trainer.fit()
+    messages = [r.getMessage() for r in caplog.records if r.name == "densessl.engine"]
+    assert bool(messages) == warns
+    if warns:
+        assert "train.max_minutes" in messages[0] and "50 steps" in messages[0]
+
+
 def test_amp_clipping_and_periodic_evaluation(tmp_path):
     calls = []
     trainer = make_trainer(tmp_path, "amp", amp="bf16", grad_clip=0.5, max_steps=4)

@@ -11,6 +11,7 @@ the resumed loss sequence equals an uninterrupted run's.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from densessl.errors import InputError
 
 AMP_MODES = ("none", "bf16", "fp16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+
+log = logging.getLogger("densessl.engine")
 
 
 @dataclass
@@ -336,6 +339,14 @@ class Trainer:
                 (self.run_dir / "log.jsonl").unlink(missing_ok=True)
             save_config(self.resolved_config, self.run_dir / "config.yaml")
             write_run_info(self.run_dir, self.dist.world_size)
+            if cfg.max_minutes > 0 and cfg.schedule != "constant":
+                log.warning(
+                    "train.schedule=%s runs over %d steps (train.max_steps or train.epochs), not over "
+                    "train.max_minutes=%g: if the time budget ends first the schedule is cut short. "
+                    "Set train.max_steps to the steps that fit the budget for a complete schedule, "
+                    "or train.schedule=constant.",
+                    cfg.schedule, self.total_steps, cfg.max_minutes,
+                )
         self.logger = RunLogger(self.run_dir, enabled=self.dist.is_main)
         result = FitResult(self.step, self.total_steps, "done")
         try:
