@@ -1,6 +1,7 @@
 """Training throughput of the CIS motion segmentation model (generator + inpainter).
 
-``python benchmarks/bench_motion_vos.py [--device cuda] [--amp bf16] [--batch 16] [--size 192 384]``
+``python benchmarks/bench_motion_vos.py [--device cuda] [--amp bf16] [--batch 16] [--size 192 384]
+[--reference-flow]``
 
 Times full optimisation steps (forward, backward, gradient clipping, Adam) on random inputs
 already on the device, cycling through the adversarial schedule (3 generator steps per inpainter
@@ -26,13 +27,18 @@ def main() -> None:
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--reference-flow", action="store_true",
+                        help="no flow normalisations (configs/motion_vos_reference.yaml)")
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--steps", type=int, default=40)
     args = parser.parse_args()
 
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
-    model = MotionVOSModel(MotionVOSNetConfig()).to(device)
+    net = MotionVOSNetConfig()
+    if args.reference_flow:
+        net.generator_flow_norm, net.inpainter_context = False, "none"
+    model = MotionVOSModel(net).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     step_model = torch.compile(model) if args.compile else model

@@ -380,6 +380,24 @@ def test_pair_dataset_lists_cached_pairs_and_names_missing_flow(tmp_path):
 # -------------------------------------------------------------------------------- tools
 
 
+def test_default_config_is_the_reference_recipe_with_the_flow_normalisations():
+    from densessl.engine.config import load_config, to_dict
+    from densessl.tools.train_motion_vos import MotionVOSConfig
+
+    default = to_dict(load_config(MotionVOSConfig, "configs/motion_vos.yaml"))
+    reference = to_dict(load_config(MotionVOSConfig, "configs/motion_vos_reference.yaml"))
+    differing = {(section, key) for section in default for key in default[section]
+                 if default[section][key] != reference[section][key]}
+    assert differing == {("train", "name"), ("model", "generator_flow_norm"), ("model", "inpainter_context")}
+    assert reference["model"]["generator_flow_norm"] is False and reference["model"]["inpainter_context"] == "none"
+    built_in = to_dict(MotionVOSConfig())["model"]  # the file and the dataclass agree
+    for key, value in default["model"].items():
+        assert built_in[key] == (pytest.approx(value, rel=1e-6) if isinstance(value, float) else value), key
+    assert (default["train"]["batch_size"], default["train"]["lr"], default["train"]["max_steps"]) == (16, 1e-4, 12500)
+    assert default["augment"]["size"] == [192, 384] and default["model"]["generator_steps"] == 3
+    assert default["model"]["epsilon_per_element"] == pytest.approx(REFERENCE_EPSILON_PER_ELEMENT)
+
+
 def test_train_then_eval_tools_end_to_end(tmp_path):
     from densessl.eval.davis_metrics import evaluate_results
     from densessl.tools.eval_motion_vos import main as eval_main

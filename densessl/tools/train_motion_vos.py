@@ -3,9 +3,11 @@
 ``python tools/train_motion_vos.py --config configs/motion_vos.yaml data.davis_root=DAVIS
 data.flow_root=FLOWS [key=value ...] [--resume] [--overwrite]``; several GPUs with
 ``torchrun --nproc_per_node N tools/train_motion_vos.py ...``. Compute the flow first with
-``tools/compute_flow.py``. The defaults are the reference recipe: 384×192 inputs, batch 16, Adam
+``tools/compute_flow.py``. The defaults are the reference recipe (384×192 inputs, batch 16, Adam
 1e-4, gradient clipping 0.2, three generator steps per inpainter step, 12.5k steps, trained
-transductively on the (unlabelled) frames of DAVIS-2016 trainval.
+transductively on the (unlabelled) frames of DAVIS-2016 trainval) with the two flow normalisations
+on (``model.generator_flow_norm``, ``model.inpainter_context=mean``);
+``configs/motion_vos_reference.yaml`` turns them off.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from densessl.video.motion_vos import MotionVOSNetConfig
 log = logging.getLogger("densessl.train_motion_vos")
 
 # A CPU-sized recipe for small synthetic videos (96×128, exact flow, a moving camera), used by the
-# demo and the learning test: narrow networks, the two flow normalisations (the reference's flow
-# ÷ (0.208·W) is tiny next to the image channels on slow videos), ε four times the reference's (so
-# the generator does not shrink its mask onto the few pixels with the highest error ratio), a
-# larger learning rate with cosine decay (the last weights, the ones scored, are settled), 600 steps.
+# demo and the learning test: narrow networks, the two flow normalisations (as in the defaults:
+# the reference's flow ÷ (0.208·W) is tiny next to the image channels on slow videos), ε four
+# times the reference's (so the generator does not shrink its mask onto the few pixels with the
+# highest error ratio), a larger learning rate with cosine decay (the last weights, the ones
+# scored, are settled), 600 steps.
 # Add the data keys (data.davis_root, data.flow_root, data.year, data.split) and train.out_dir.
 SYNTHETIC_CPU_RECIPE: tuple[str, ...] = (
     "data.gaps=[1]",
