@@ -115,6 +115,15 @@ def test_cosine_and_warmup():
         lr_factor(0, 10, "linear")
 
 
+def test_schedules_follow_a_given_fraction_of_training():
+    assert lr_factor(3, 0, "step", [0.8], 0.3, progress=0.79) == 1.0
+    assert lr_factor(3, 0, "step", [0.8], 0.3, progress=0.8) == pytest.approx(0.3)
+    for done in (0.0, 0.25, 0.5, 1.0):  # the same cosine as by steps
+        assert lr_factor(7, 0, "cosine", final_factor=0.1, progress=done) == pytest.approx(
+            lr_factor(round(done * 100), 100, "cosine", final_factor=0.1))
+    assert lr_factor(0, 0, "constant", warmup_steps=4, progress=0.5) == pytest.approx(0.25)  # warmup counts steps
+
+
 # ---------------------------------------------------------------------------- checkpoints, RNG
 def test_checkpoint_atomic_and_weights_only(tmp_path):
     path = tmp_path / "ck" / "last.pt"
@@ -249,6 +258,37 @@ def test_time_budget_writes_a_final_checkpoint(tmp_path):
     assert load_checkpoint(trainer.checkpoint_path)["step"] == 1
 
 
+def clocked(trainer: Trainer, seconds_per_step: float) -> Trainer:
+    """The trainer's clock reads ``seconds_per_step`` × the steps done: time-budget runs become
+    deterministic."""
+    trainer.clock = lambda: trainer.step * seconds_per_step
+    return trainer
+
+
+def test_without_max_steps_the_clock_sets_the_length_and_the_schedule(tmp_path, caplog):
+    budget = dict(max_minutes=1.0, max_steps=0, epochs=1)  # 60 s at 6 s a step: 10 steps, not 1 epoch (2)
+    full = clocked(make_trainer(tmp_path, "clock", **budget), 6.0)
+    assert full.total_steps is None and "1 minutes of training" in full.describe_length()
+    with caplog.at_level("WARNING", logger="densessl.engine"):
+        result = full.fit()
+    assert not [r for r in caplog.records if r.name == "densessl.engine"]  # nothing is cut short
+    assert result.reason == "time" and result.step == 10
+    rows = [json.loads(l) for l in (full.run_dir / "log.jsonl").read_text().splitlines()]
+    # ×0.3 once half the time is spent (milestone 0.5: the step starting at 30 s)
+    assert [r["lr"] for r in rows] == pytest.approx([1e-2] * 5 + [3e-3] * 5)
+    assert load_checkpoint(full.checkpoint_path)["elapsed_s"] == pytest.approx(60.0)
+
+    part = clocked(make_trainer(tmp_path, "clock-part", stop_after=4, **budget), 6.0)
+    assert part.fit().reason == "stop_after"
+    resumed = clocked(make_trainer(tmp_path, "clock-part", resume=True, **budget), 6.0)
+    assert resumed.fit(resume=True).reason == "time" and resumed.step == 10  # the budget spans sessions
+    assert train_losses(part.run_dir) == train_losses(full.run_dir)
+    again = clocked(make_trainer(tmp_path, "clock-part", resume=True, **budget), 6.0)
+    assert again.fit(resume=True).reason == "already_done"
+    longer = clocked(make_trainer(tmp_path, "clock-part", resume=True, **{**budget, "max_minutes": 1.2}), 6.0)
+    assert longer.fit(resume=True).step == 12
+
+
 @pytest.mark.parametrize("schedule, warns", [("step", True), ("cosine", True), ("constant", False)])
 def test_time_budget_warns_when_the_schedule_follows_steps(tmp_path, caplog, schedule, warns):
     trainer = make_trainer(tmp_path, f"timed-{schedule}", max_minutes=1e-9, max_steps=50, schedule=schedule)
@@ -300,6 +340,36 @@ def _ddp_worker(rank: int, world_size: int, port: int, tmp_path: str) -> None:
         trainer.fit()
     finally:
         cleanup_distributed()
+
+
+def _ddp_clock_worker(rank: int, world_size: int, port: int, tmp_path: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist = init_distributed("cpu")
+    try:
+        trainer = make_trainer(Path(tmp_path), "ddp-clock", random=False, dist=dist, max_steps=0, max_minutes=1.0,
+                               optimizer="sgd", momentum=0.0)
+        clocked(trainer, 6.0 + 2.0 * rank)  # rank 1's clock runs a third faster
+        result = trainer.fit()
+        torch.save({"step": result.step, "model": trainer.model.state_dict()}, Path(tmp_path) / f"rank{rank}.pt")
+    finally:
+        cleanup_distributed()
+
+
+@pytest.mark.slow
+def test_ddp_ranks_share_the_clock_of_a_time_budget(tmp_path):
+    """Each rank's clock differs; the lr schedule and the stop follow the slowest, so the replicas
+    stay identical (rank 0 alone would drop the lr one step later and stop two steps later)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_clock_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert ranks[0]["step"] == ranks[1]["step"] == 8  # rank 1: 8 steps × 8 s ≥ 60 s
+    for key, value in ranks[0]["model"].items():
+        assert torch.equal(value, ranks[1]["model"][key]), key
+    lrs = [json.loads(l)["lr"] for l in (tmp_path / "runs" / "ddp-clock" / "log.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([1e-2] * 4 + [3e-3] * 4)  # 4 × 8 s ≥ 30 s: rank 1's clock decides
 
 
 @pytest.mark.slow

@@ -84,6 +84,15 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(tensor.item())
 
 
+def max_over_ranks(value: float, device: torch.device) -> float:
+    """The largest of every rank's ``value`` (``value`` itself without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())
+
+
 def gather_objects(obj: object) -> list[object]:
     """Every rank's ``obj`` (a one-element list without a process group)."""
     if not (dist.is_available() and dist.is_initialized()):

@@ -35,7 +35,8 @@ def run_training_job(
         if not dist.is_main:
             return None
         summary = ", ".join(f"{k} {v:.4g}" for k, v in result.train_metrics.items() if k in summary_keys)
-        log.info("stopped at step %d/%d (%s) %s", result.step, result.total_steps, result.reason, summary)
+        planned = "" if result.total_steps is None else f"/{result.total_steps}"
+        log.info("stopped at step %d%s (%s) %s", result.step, planned, result.reason, summary)
         if result.eval_metrics:
             log.info("eval: %s", ", ".join(f"{k} {v:.4f}" for k, v in result.eval_metrics.items()))
         return result

@@ -24,7 +24,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from densessl.engine.checkpoint import load_checkpoint, save_checkpoint
 from densessl.engine.config import save_config, to_dict
-from densessl.engine.distributed import DistInfo, all_reduce_mean, any_rank, barrier, gather_objects
+from densessl.engine.distributed import (
+    DistInfo, all_reduce_mean, any_rank, barrier, gather_objects, max_over_ranks,
+)
 from densessl.engine.runlog import RunLogger, truncate_log, write_run_info
 from densessl.engine.schedules import SCHEDULES, lr_factor
 from densessl.engine.seed import capture_rng_state, restore_rng_state, seed_everything
@@ -45,7 +47,10 @@ class TrainConfig:
     seed: int = 0
     epochs: int = 25
     max_steps: int = 0  # > 0: total steps instead of epochs × steps per epoch
-    max_minutes: float = 0.0  # > 0: time budget; a final checkpoint is written when it ends
+    # > 0: time budget, ending with a checkpoint. Without max_steps it sets the run's length
+    # (training time over all sessions; epochs unused) and LR schedules follow the clock; with
+    # max_steps it caps each session
+    max_minutes: float = 0.0
     stop_after: int = 0  # > 0: end this session after this many steps (resumable), e.g. for tests
     batch_size: int = 20  # global: split evenly across processes
     num_workers: int = 4
@@ -75,14 +80,10 @@ class FitResult:
     """How a :meth:`Trainer.fit` session ended."""
 
     step: int
-    total_steps: int
+    total_steps: int | None  # None: the time budget sets the length
     reason: str  # "done" | "time" | "stop_after" | "already_done"
     train_metrics: dict[str, float] = field(default_factory=dict)
     eval_metrics: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def finished(self) -> bool:
-        return self.step >= self.total_steps
 
 
 class ResumableSampler(Protocol):
@@ -233,7 +234,15 @@ class Trainer:
                 f"the data gives {len(sampler)} samples per process per epoch, fewer than one batch of "
                 f"{self.per_rank_batch}: lower train.batch_size or add data"
             )
-        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * self.steps_per_epoch
+        # a time budget without max_steps: the clock sets the length and drives the LR schedule
+        self.clock_defined = cfg.max_minutes > 0 and cfg.max_steps <= 0
+        self.total_steps: int | None = (
+            cfg.max_steps if cfg.max_steps > 0 else None if self.clock_defined else cfg.epochs * self.steps_per_epoch
+        )
+        self.budget_s = cfg.max_minutes * 60
+        self.clock: Callable[[], float] = time.monotonic
+        self.earlier_sessions_s = 0.0  # training time of the sessions before a resume
+        self._session_start: float | None = None
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -249,6 +258,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": {"step": self.step, "total_steps": self.total_steps},
+            "elapsed_s": self.elapsed_s(),
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "epoch": self.epoch,
@@ -277,6 +287,7 @@ class Trainer:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
+        self.earlier_sessions_s = float(state.get("elapsed_s", 0.0))
         self.epoch = int(state["sampler"]["epoch"])
         self.batch_in_epoch = int(state["sampler"]["position"]) // self.per_rank_batch
         rng = state["rng"]
@@ -286,10 +297,29 @@ class Trainer:
             seed_everything(self.cfg.seed + 1000 * self.step, self.dist.rank)
 
     # ------------------------------------------------------------------------------ loop
+    def elapsed_s(self) -> float:
+        """Training time so far in seconds, the sessions before a resume included."""
+        session = 0.0 if self._session_start is None else self.clock() - self._session_start
+        return self.earlier_sessions_s + session
+
+    def remaining(self) -> bool:
+        """Whether the run has steps (or, when the clock sets its length, time) left."""
+        if self.total_steps is None:
+            return self.elapsed_s() < self.budget_s
+        return self.step < self.total_steps
+
+    def describe_length(self) -> str:
+        if self.total_steps is None:
+            return f"{self.cfg.max_minutes:g} minutes of training (the clock sets the length and the lr schedule)"
+        return f"{self.total_steps} steps in all"
+
     def _set_lr(self) -> float:
+        progress = None
+        if self.total_steps is None:  # every rank must use the same lr: the slowest clock decides
+            progress = min(1.0, max_over_ranks(self.elapsed_s(), self.device) / self.budget_s)
         factor = lr_factor(
-            self.step, self.total_steps, self.cfg.schedule, self.cfg.milestones, self.cfg.gamma,
-            self.cfg.warmup_steps, self.cfg.final_lr_factor,
+            self.step, self.total_steps or 0, self.cfg.schedule, self.cfg.milestones, self.cfg.gamma,
+            self.cfg.warmup_steps, self.cfg.final_lr_factor, progress=progress,
         )
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
@@ -339,18 +369,17 @@ class Trainer:
                 (self.run_dir / "log.jsonl").unlink(missing_ok=True)
             save_config(self.resolved_config, self.run_dir / "config.yaml")
             write_run_info(self.run_dir, self.dist.world_size)
-            if cfg.max_minutes > 0 and cfg.schedule != "constant":
+            if cfg.max_minutes > 0 and not self.clock_defined and cfg.schedule != "constant":
                 log.warning(
-                    "train.schedule=%s runs over %d steps (train.max_steps or train.epochs), not over "
-                    "train.max_minutes=%g: if the time budget ends first the schedule is cut short. "
-                    "Set train.max_steps to the steps that fit the budget for a complete schedule, "
-                    "or train.schedule=constant.",
+                    "train.schedule=%s runs over train.max_steps=%d steps, and train.max_minutes=%g "
+                    "caps each session: if the time budget ends first the schedule is cut short. "
+                    "Leave train.max_steps at 0 for a run whose length and schedule follow the clock.",
                     cfg.schedule, self.total_steps, cfg.max_minutes,
                 )
         self.logger = RunLogger(self.run_dir, enabled=self.dist.is_main)
         result = FitResult(self.step, self.total_steps, "done")
         try:
-            if self.step >= self.total_steps:
+            if not self.remaining():
                 result.reason = "already_done"
                 return result
             if self.eval_at_start and self.step == 0 and self.evaluate is not None:
@@ -362,20 +391,23 @@ class Trainer:
 
     def _loop(self, result: FitResult) -> FitResult:
         cfg = self.cfg
-        start_time = time.monotonic()
+        self._session_start = session_start = self.clock()
         session_steps = 0
         window: dict[str, Tensor] = {}
         window_steps = 0
-        window_start = time.monotonic()
+        window_start = self.clock()
         progress = None
         if self.dist.is_main and cfg.progress:
             from tqdm import tqdm
 
             progress = tqdm(total=self.total_steps, initial=self.step, desc=cfg.name, unit="step", dynamic_ncols=True)
+            if self.total_steps is None:
+                progress.set_description(f"{cfg.name} ({cfg.max_minutes:g} min)")
         self.model.train()
         stop_reason = ""
         try:
-            while self.step < self.total_steps and not stop_reason:
+            # the time budget is checked inside, on every rank at once (any_rank)
+            while not stop_reason and (self.total_steps is None or self.step < self.total_steps):
                 self.sampler.set_epoch(self.epoch)
                 self.sampler.load_state_dict({"epoch": self.epoch, "position": self.batch_in_epoch * self.per_rank_batch})
                 self.loader_generator.manual_seed(cfg.seed * 100_003 + self.epoch * 1009 + self.dist.rank)
@@ -391,8 +423,9 @@ class Trainer:
                     if progress is not None:
                         progress.update(1)
 
-                    if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                        elapsed = time.monotonic() - window_start
+                    last_step = self.step == self.total_steps
+                    if self.step % cfg.log_every == 0 or last_step:
+                        elapsed = self.clock() - window_start
                         values = all_reduce_mean({k: (v / window_steps).item() for k, v in window.items()}, self.device)
                         if not math.isfinite(values.get("loss", 0.0)):
                             raise RuntimeError(f"the loss is not finite at step {self.step}: {values['loss']}")
@@ -402,17 +435,20 @@ class Trainer:
                         result.train_metrics = values
                         if progress is not None:
                             progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}")
-                        window, window_steps, window_start = {}, 0, time.monotonic()
+                        window, window_steps, window_start = {}, 0, self.clock()
 
-                    if self.eval_every > 0 and self.step % self.eval_every == 0 and self.step < self.total_steps:
+                    if self.eval_every > 0 and self.step % self.eval_every == 0 and not last_step:
                         result.eval_metrics = self._run_eval()
 
-                    out_of_time = cfg.max_minutes > 0 and time.monotonic() - start_time > cfg.max_minutes * 60
+                    if self.clock_defined:
+                        out_of_time = self.elapsed_s() >= self.budget_s
+                    else:
+                        out_of_time = cfg.max_minutes > 0 and self.clock() - session_start > self.budget_s
                     if any_rank(out_of_time, self.device):
                         stop_reason = "time"
                     elif cfg.stop_after > 0 and session_steps >= cfg.stop_after:
                         stop_reason = "stop_after"
-                    done = self.step >= self.total_steps
+                    done = last_step
                     if self.step % cfg.checkpoint_every == 0 or done or stop_reason:
                         self.save()
                     if done or stop_reason:
@@ -425,6 +461,7 @@ class Trainer:
                 progress.close()
         result.step = self.step
         result.reason = stop_reason or "done"
-        if not stop_reason and self.evaluate is not None:
+        # a run that the clock defines ends on time as planned: score it too
+        if (not stop_reason or (stop_reason == "time" and self.clock_defined)) and self.evaluate is not None:
             result.eval_metrics = self._run_eval()
         return result

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 _DEMO_CRW_SETTINGS = [
     "data.target_fps=0", "data.short_side=72", "model.mode=patch", "model.out_layer=layer2",
     "augment.frame_size=64", "augment.patch_size=16", "augment.patch_stride=8",
-    "train.batch_size=8", "train.lr=1e-3", "train.epochs=1000", "train.num_workers=0",
+    "train.batch_size=8", "train.lr=1e-3", "train.num_workers=0",
     "train.log_every=10", "train.checkpoint_every=100000", "eval.layer=layer2",
 ]
 

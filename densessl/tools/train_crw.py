@@ -157,8 +157,8 @@ def train(cfg: CRWConfig, resume: bool = False, overwrite: bool = False):
         )
         if dist.is_main:
             log.info(
-                "%d clips per epoch from %d videos, %d steps per epoch, %d steps in all; run folder %s",
-                len(sampler.plan(0)), len(dataset), trainer.steps_per_epoch, trainer.total_steps, run_dir,
+                "%d clips per epoch from %d videos, %d steps per epoch, %s; run folder %s",
+                len(sampler.plan(0)), len(dataset), trainer.steps_per_epoch, trainer.describe_length(), run_dir,
             )
         return trainer
 

@@ -154,8 +154,8 @@ def train(cfg: MotionVOSConfig, resume: bool = False, overwrite: bool = False):
         )
         if dist.is_main:
             log.info(
-                "%d (frame, flow) pairs from %d sequences, %d steps per epoch, %d steps in all; run folder %s",
-                len(dataset), len(dataset.sequences), trainer.steps_per_epoch, trainer.total_steps, run_dir,
+                "%d (frame, flow) pairs from %d sequences, %d steps per epoch, %s; run folder %s",
+                len(dataset), len(dataset.sequences), trainer.steps_per_epoch, trainer.describe_length(), run_dir,
             )
         return trainer
 
