@@ -84,6 +84,17 @@ def test_frame_folders_clips_resampled_and_resized(tmp_path):
     assert ds[(1, 1)].shape == (3, 3, 12, 20)
 
 
+def test_frame_folders_without_a_rate_are_taken_to_be_at_the_target_rate(tmp_path):
+    write_frame_folder(tmp_path / "frames" / "a", 12)
+    ds = build_clip_dataset(frames=tmp_path / "frames", clip_len=4, target_fps=8.0, short_side=None,
+                            cache_dir=tmp_path / "cache")
+    assert ds.clip_counts() == [12 - 4 + 1]
+    assert [decoded_index(f) for f in ds[(0, 5)]] == [5, 6, 7, 8]  # consecutive frames
+    resampled = build_clip_dataset(frames=tmp_path / "frames", clip_len=4, target_fps=8.0, frames_fps=24.0,
+                                   short_side=None, cache_dir=tmp_path / "cache")
+    assert resampled.clip_counts() == [4 - 4 + 1]  # 24 → 8 fps: every third frame
+
+
 def test_frame_folder_list_file(tmp_path):
     write_frame_folder(tmp_path / "data" / "x", 5)
     write_frame_folder(tmp_path / "data" / "y", 5)

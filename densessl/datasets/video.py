@@ -481,12 +481,16 @@ def build_clip_dataset(
     frames: str | os.PathLike | None = None,
     clip_len: int = 4,
     target_fps: float | None = 8.0,
-    frames_fps: float = 30.0,
+    frames_fps: float | None = None,
     short_side: int | None = 256,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = False,
 ) -> ClipDataset:
-    """A :class:`ClipDataset` over a folder of videos and/or frame folders (or a list file)."""
+    """A :class:`ClipDataset` over a folder of videos and/or frame folders (or a list file).
+
+    Frame folders carry no frame rate: ``frames_fps`` is theirs, and they are resampled from it to
+    ``target_fps``; None takes them to be at ``target_fps`` already (every frame is used).
+    """
     if videos is None and frames is None:
         raise InputError("give a video folder (data.videos) or frame folders (data.frames)")
     video_files = find_videos(videos) if videos else []
@@ -495,6 +499,8 @@ def build_clip_dataset(
         raise InputError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) found", videos)
     if frames and not folders:
         raise InputError("no frame folders (folders with .jpg/.png frames) found", frames)
+    if frames_fps is None or frames_fps <= 0:
+        frames_fps = target_fps or 0.0  # fps 0: every frame (see resample_indices)
     index = build_index(video_files, folders, frames_fps=frames_fps, cache_dir=cache_dir, progress=progress)
     if index.skipped:
         log.warning("%d of %d sources unreadable and skipped", len(index.skipped), len(video_files) + len(folders))

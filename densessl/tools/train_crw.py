@@ -27,7 +27,7 @@ log = logging.getLogger("densessl.train_crw")
 class CRWDataConfig:
     videos: str | None = None  # folder tree of video files
     frames: str | None = None  # folder of frame folders, or a text file listing frame folders
-    frames_fps: float = 30.0  # frame rate of frame folders
+    frames_fps: float = 0.0  # frame rate of frame folders (<= 0: taken to be target_fps, every frame used)
     target_fps: float = 8.0  # resample to this rate (<= 0: keep every frame)
     clip_len: int = 4
     clips_per_video: int = 5  # per epoch (<= 0: all)
@@ -105,13 +105,17 @@ def build_training(cfg: CRWConfig, rank: int = 0, world_size: int = 1, progress:
     from densessl.video.crw import CRW, CRWTrainModel
 
     d = cfg.data
+    if rank == 0 and d.frames and d.frames_fps <= 0 and d.target_fps > 0:
+        log.info("frame folders are taken to be at data.target_fps=%g already (every frame is used); "
+                 "set data.frames_fps to their rate to resample them", d.target_fps)
     # the main rank builds (and caches) the index first, the others then read the cache
     dataset = None
     for turn in (0, 1):
         if (rank == 0) == (turn == 0):
             dataset = build_clip_dataset(
                 videos=d.videos, frames=d.frames, clip_len=d.clip_len,
-                target_fps=d.target_fps if d.target_fps > 0 else None, frames_fps=d.frames_fps,
+                target_fps=d.target_fps if d.target_fps > 0 else None,
+                frames_fps=d.frames_fps if d.frames_fps > 0 else None,
                 short_side=d.short_side or None, cache_dir=d.cache_dir, progress=progress and rank == 0,
             )
         barrier()
