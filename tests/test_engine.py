@@ -24,7 +24,7 @@ from densessl.engine.config import apply_overrides, from_dict, load_config, to_d
 from densessl.engine.distributed import DistInfo, cleanup_distributed, init_distributed
 from densessl.engine.schedules import cosine_schedule, lr_factor
 from densessl.engine.seed import capture_rng_state, restore_rng_state, seed_everything
-from densessl.engine.trainer import TrainConfig, Trainer, prepare_run_dir
+from densessl.engine.trainer import EpochChain, TrainConfig, Trainer, prepare_run_dir
 from densessl.errors import InputError
 from densessl.video.crw import CRW
 
@@ -240,6 +240,28 @@ def test_resume_continues_exactly(tmp_path):
     for name in ("config.yaml", "git.json", "environment.json"):
         assert (part.run_dir / name).is_file()
     assert yaml.safe_load((part.run_dir / "config.yaml").read_text())["train"]["name"] == "part"
+
+
+def test_epoch_chain_runs_whole_batches_of_each_epoch_back_to_back():
+    import itertools
+
+    sampler = ClipSampler([3, 2, 4], clips_per_video=2, seed=5)  # 6 clips an epoch; batches of 4
+    chain = EpochChain(sampler, samples_per_epoch=4)
+    chain.start(epoch=2, position=1)
+    expected = sampler.plan(2)[1:4] + sampler.plan(3)[:4] + sampler.plan(4)[:4]
+    assert list(itertools.islice(chain, 11)) == expected
+    chain.start(epoch=0, position=4)  # a checkpoint at the end of an epoch goes on with the next
+    assert list(itertools.islice(chain, 4)) == sampler.plan(1)[:4]
+
+
+def test_one_loader_iterator_per_session(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path, "chain")  # 6 steps over 3 epochs
+    starts = []
+    original = trainer.epoch_chain.start
+    monkeypatch.setattr(trainer.epoch_chain, "start", lambda *a: starts.append(a) or original(*a))
+    assert trainer.fit().step == 6
+    assert starts == [(0, 0)]
+    assert [json.loads(l)["epoch"] for l in (trainer.run_dir / "log.jsonl").read_text().splitlines()] == [0, 0, 1, 1, 2, 2]
 
 
 def test_run_folder_protection(tmp_path):

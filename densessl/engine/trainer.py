@@ -11,12 +11,13 @@ the resumed loss sequence equals an uninterrupted run's.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -91,6 +92,31 @@ class ResumableSampler(Protocol):
     def state_dict(self) -> dict[str, int]: ...
     def load_state_dict(self, state: dict[str, int]) -> None: ...
     def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class EpochChain:
+    """A resumable sampler's epochs one after another, each cut to whole batches, from a start
+    (epoch, position) on, without end. One DataLoader iterator over it keeps its workers
+    prefetching through epoch boundaries, where a new iterator per epoch would drain and refill
+    the pipeline (a stall per epoch, which adds up when epochs are a few steps long)."""
+
+    def __init__(self, sampler: ResumableSampler, samples_per_epoch: int) -> None:
+        self.sampler = sampler
+        self.samples_per_epoch = samples_per_epoch
+        self.epoch = 0
+        self.position = 0
+
+    def start(self, epoch: int, position: int) -> None:
+        self.epoch, self.position = epoch, position
+
+    def __iter__(self) -> Iterator[Any]:
+        epoch, position = self.epoch, self.position
+        while True:
+            self.sampler.set_epoch(epoch)
+            self.sampler.load_state_dict({"epoch": epoch, "position": position})
+            yield from itertools.islice(iter(self.sampler), max(0, self.samples_per_epoch - position))
+            epoch, position = epoch + 1, 0
 
 
 def validate_train_config(cfg: TrainConfig, world_size: int = 1) -> None:
@@ -216,11 +242,13 @@ class Trainer:
             train_model = torch.compile(train_model)
         self.train_model = train_model
 
+        self.steps_per_epoch = len(sampler) // self.per_rank_batch
+        self.epoch_chain = EpochChain(sampler, self.steps_per_epoch * self.per_rank_batch)
         self.loader_generator = torch.Generator()
         self.loader = DataLoader(
             dataset,
             batch_size=self.per_rank_batch,
-            sampler=sampler,
+            sampler=self.epoch_chain,
             num_workers=cfg.num_workers,
             collate_fn=collate_fn,
             pin_memory=self.device.type == "cuda",
@@ -228,7 +256,6 @@ class Trainer:
             generator=self.loader_generator,
             persistent_workers=cfg.num_workers > 0,
         )
-        self.steps_per_epoch = len(sampler) // self.per_rank_batch
         if self.steps_per_epoch < 1:
             raise InputError(
                 f"the data gives {len(sampler)} samples per process per epoch, fewer than one batch of "
@@ -389,6 +416,12 @@ class Trainer:
             self.logger.close()
         return result
 
+    def _batches(self) -> Iterator[Any]:
+        """This rank's batches from (epoch, batch_in_epoch) on, across epochs, from one iterator."""
+        self.epoch_chain.start(self.epoch, self.batch_in_epoch * self.per_rank_batch)
+        self.loader_generator.manual_seed(self.cfg.seed * 100_003 + self.epoch * 1009 + self.dist.rank)
+        return iter(self.loader)
+
     def _loop(self, result: FitResult) -> FitResult:
         cfg = self.cfg
         self._session_start = session_start = self.clock()
@@ -407,55 +440,51 @@ class Trainer:
         stop_reason = ""
         try:
             # the time budget is checked inside, on every rank at once (any_rank)
+            batches = self._batches()
             while not stop_reason and (self.total_steps is None or self.step < self.total_steps):
-                self.sampler.set_epoch(self.epoch)
-                self.sampler.load_state_dict({"epoch": self.epoch, "position": self.batch_in_epoch * self.per_rank_batch})
-                self.loader_generator.manual_seed(cfg.seed * 100_003 + self.epoch * 1009 + self.dist.rank)
-                for batch in self.loader:
-                    metrics = self._train_step(_to_device(batch, self.device))
-                    self.step += 1
-                    self.batch_in_epoch += 1
-                    session_steps += 1
-                    window_steps += 1
-                    for key, value in metrics.items():
-                        value = value.detach().float().to(self.device)
-                        window[key] = window[key] + value if key in window else value
+                metrics = self._train_step(_to_device(next(batches), self.device))
+                self.step += 1
+                self.batch_in_epoch += 1
+                session_steps += 1
+                window_steps += 1
+                for key, value in metrics.items():
+                    value = value.detach().float().to(self.device)
+                    window[key] = window[key] + value if key in window else value
+                if progress is not None:
+                    progress.update(1)
+
+                last_step = self.step == self.total_steps
+                if self.step % cfg.log_every == 0 or last_step:
+                    elapsed = self.clock() - window_start
+                    values = all_reduce_mean({k: (v / window_steps).item() for k, v in window.items()}, self.device)
+                    if not math.isfinite(values.get("loss", 0.0)):
+                        raise RuntimeError(f"the loss is not finite at step {self.step}: {values['loss']}")
+                    values["epoch"] = self.epoch
+                    values["samples_per_s"] = window_steps * cfg.batch_size / max(elapsed, 1e-9)
+                    self.logger.log(self.step, values)
+                    result.train_metrics = values
                     if progress is not None:
-                        progress.update(1)
+                        progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}")
+                    window, window_steps, window_start = {}, 0, self.clock()
 
-                    last_step = self.step == self.total_steps
-                    if self.step % cfg.log_every == 0 or last_step:
-                        elapsed = self.clock() - window_start
-                        values = all_reduce_mean({k: (v / window_steps).item() for k, v in window.items()}, self.device)
-                        if not math.isfinite(values.get("loss", 0.0)):
-                            raise RuntimeError(f"the loss is not finite at step {self.step}: {values['loss']}")
-                        values["epoch"] = self.epoch
-                        values["samples_per_s"] = window_steps * cfg.batch_size / max(elapsed, 1e-9)
-                        self.logger.log(self.step, values)
-                        result.train_metrics = values
-                        if progress is not None:
-                            progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}")
-                        window, window_steps, window_start = {}, 0, self.clock()
+                if self.eval_every > 0 and self.step % self.eval_every == 0 and not last_step:
+                    result.eval_metrics = self._run_eval()
 
-                    if self.eval_every > 0 and self.step % self.eval_every == 0 and not last_step:
-                        result.eval_metrics = self._run_eval()
-
-                    if self.clock_defined:
-                        out_of_time = self.elapsed_s() >= self.budget_s
-                    else:
-                        out_of_time = cfg.max_minutes > 0 and self.clock() - session_start > self.budget_s
-                    if any_rank(out_of_time, self.device):
-                        stop_reason = "time"
-                    elif cfg.stop_after > 0 and session_steps >= cfg.stop_after:
-                        stop_reason = "stop_after"
-                    done = last_step
-                    if self.step % cfg.checkpoint_every == 0 or done or stop_reason:
-                        self.save()
-                    if done or stop_reason:
-                        break
+                if self.clock_defined:
+                    out_of_time = self.elapsed_s() >= self.budget_s
                 else:
-                    self.epoch += 1
-                    self.batch_in_epoch = 0
+                    out_of_time = cfg.max_minutes > 0 and self.clock() - session_start > self.budget_s
+                if any_rank(out_of_time, self.device):
+                    stop_reason = "time"
+                elif cfg.stop_after > 0 and session_steps >= cfg.stop_after:
+                    stop_reason = "stop_after"
+                done = last_step
+                if self.step % cfg.checkpoint_every == 0 or done or stop_reason:
+                    self.save()
+                if done or stop_reason:
+                    break
+                if self.batch_in_epoch == self.steps_per_epoch:
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
         finally:
             if progress is not None:
                 progress.close()
