@@ -152,6 +152,17 @@ def test_dropout_only_in_training_mode():
     assert c.item() != a.item()
 
 
+def test_the_walk_stays_float32_under_autocast():
+    torch.manual_seed(0)
+    nodes = F.normalize(torch.randn(2, 4, 49, 128), dim=-1)
+    walk = RandomWalkLoss(temperature=0.05, edge_dropout=0.0)
+    exact = walk(nodes)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = walk(nodes)
+    assert mixed.loss.dtype == torch.float32
+    torch.testing.assert_close(mixed.loss, exact.loss, atol=1e-6, rtol=1e-6)
+
+
 def test_cycle_loss_uses_eps_and_accuracy():
     p = torch.tensor([[[0.0, 1.0], [0.0, 1.0]]])
     loss, acc = cycle_loss(p, eps=1e-8)

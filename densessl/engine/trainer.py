@@ -33,7 +33,7 @@ from densessl.engine.schedules import SCHEDULES, lr_factor
 from densessl.engine.seed import capture_rng_state, restore_rng_state, seed_everything
 from densessl.errors import InputError
 
-AMP_MODES = ("none", "bf16", "fp16")
+AMP_MODES = ("none", "auto", "bf16", "fp16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 log = logging.getLogger("densessl.engine")
@@ -65,7 +65,7 @@ class TrainConfig:
     warmup_steps: int = 0
     final_lr_factor: float = 0.0  # cosine: final lr / base lr
     grad_clip: float = 0.0  # > 0: clip the global gradient norm
-    amp: str = "none"  # none | bf16 | fp16
+    amp: str = "none"  # none | auto (bf16 on CUDA GPUs that support it, else none) | bf16 | fp16
     channels_last: bool = False
     compile: bool = False
     sync_bn: bool = False  # SyncBatchNorm under DDP on CUDA
@@ -117,6 +117,13 @@ class EpochChain:
             self.sampler.load_state_dict({"epoch": epoch, "position": position})
             yield from itertools.islice(iter(self.sampler), max(0, self.samples_per_epoch - position))
             epoch, position = epoch + 1, 0
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """``train.amp`` for a device: ``auto`` is bf16 on a CUDA GPU with bf16 support, else none."""
+    if amp != "auto":
+        return amp
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
 
 
 def validate_train_config(cfg: TrainConfig, world_size: int = 1) -> None:
@@ -231,7 +238,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg)
         for group in self.optimizer.param_groups:
             group["base_lr"] = group["lr"]
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
+        self.amp = resolve_amp(cfg.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         train_model: nn.Module = self.model
         if dist.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -355,7 +363,7 @@ class Trainer:
     def _train_step(self, batch: Any) -> dict[str, Tensor]:
         cfg = self.cfg
         lr = self._set_lr()
-        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
         with torch.autocast(self.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             loss, metrics = self.train_model(batch)
         self.scaler.scale(loss).backward()

@@ -171,11 +171,16 @@ class RandomWalkLoss(nn.Module):
                 f"use at least {self.min_cycle + 1} frames"
             )
         drop = self.edge_dropout if self.training else 0.0
-        forward, backward = transition_matrices(nodes, self.temperature, drop)
         losses: dict[int, Tensor] = {}
         accuracies: dict[int, Tensor] = {}
-        for k, product in palindrome_products(forward, backward, self.min_cycle).items():
-            losses[k], accuracies[k] = cycle_loss(product, self.eps)
+        # the walk in float32 even under autocast: the N×N products are cheap, and bf16 logits
+        # (÷ τ = 0.05) and products of several stochastic matrices lose too much precision
+        with torch.autocast(nodes.device.type, enabled=False):
+            forward, backward = transition_matrices(
+                nodes.to(torch.promote_types(nodes.dtype, torch.float32)), self.temperature, drop
+            )
+            for k, product in palindrome_products(forward, backward, self.min_cycle).items():
+                losses[k], accuracies[k] = cycle_loss(product, self.eps)
         loss = torch.stack(list(losses.values())).mean()
         accuracy = torch.stack(list(accuracies.values())).mean()
         return WalkOutput(loss=loss, accuracy=accuracy, cycle_losses=losses, cycle_accuracies=accuracies)

@@ -65,7 +65,7 @@ class CRWAugmentConfig:
 
 def _default_train() -> TrainConfig:
     return TrainConfig(name="crw", epochs=25, batch_size=20, lr=1e-4, optimizer="adam", schedule="step",
-                       milestones=[0.8], gamma=0.3, num_workers=8)
+                       milestones=[0.8], gamma=0.3, num_workers=8, amp="auto")
 
 
 @dataclass
