@@ -28,7 +28,7 @@
 #   vos    benchmarks/bench_motion_vos.py, fp32 and bf16          motion_vos.md
 #   crw-real   6 minutes of CRW training with the default recipe (bf16, channels_last) on
 #              $DAVIS's frames, then label propagation on $DAVIS   crw_real.log
-#   vos-real   DIS flow of $DAVIS, 6 minutes of CIS training with the reference recipe (bf16),
+#   vos-real   DIS flow of $DAVIS, 6 minutes of CIS training with the default recipe (bf16),
 #              then the unsupervised evaluation of the raw masks   vos_real.log
 set -uo pipefail
 
@@ -93,7 +93,7 @@ $PYTHON benchmarks/bench_motion_vos.py --amp bf16 --channels-last" ;;
     crw-real)
       [[ -d "${DAVIS:-}/JPEGImages" ]] || { echo "crw-real needs DAVIS=<DAVIS-2016 folder>" >&2; exit 2; }
       run crw_real.log 600 bash -c "$PYTHON tools/train_crw.py \
-data.frames=$DAVIS/JPEGImages/480p data.frames_fps=24 train.max_minutes=6 train.epochs=1000 \
+data.frames=$DAVIS/JPEGImages/480p data.frames_fps=24 train.max_minutes=6 \
 train.amp=bf16 train.channels_last=true train.num_workers=12 train.out_dir=$RUNS \
 train.name=crw-real train.progress=false --overwrite && $PYTHON -m densessl.cli eval-davis \
 --backbone resnet18-crw --weights $RUNS/crw-real/checkpoints/backbone.pt --davis-root $DAVIS \
