@@ -24,7 +24,9 @@ from densessl.engine.config import apply_overrides, from_dict, load_config, to_d
 from densessl.engine.distributed import DistInfo, cleanup_distributed, init_distributed
 from densessl.engine.schedules import cosine_schedule, lr_factor
 from densessl.engine.seed import capture_rng_state, restore_rng_state, seed_everything
-from densessl.engine.trainer import EpochChain, TrainConfig, Trainer, prepare_run_dir, resolve_amp
+from densessl.engine.trainer import (
+    EpochChain, TrainConfig, Trainer, prepare_run_dir, resolve_amp, resolve_channels_last,
+)
 from densessl.errors import InputError
 from densessl.video.crw import CRW
 
@@ -89,7 +91,8 @@ def test_crw_default_config_is_the_paper_recipe():
     assert cfg == load_config(CRWConfig)  # the YAML spells out the built-in defaults
     assert (cfg.train.optimizer, cfg.train.lr, cfg.train.batch_size, cfg.train.epochs) == ("adam", 1e-4, 20, 25)
     assert (cfg.train.milestones, cfg.train.gamma, cfg.train.weight_decay) == ([0.8], 0.3, 0.0)
-    assert cfg.train.amp == "auto" and cfg.data.frames_fps == 0
+    assert (cfg.train.amp, cfg.train.channels_last, cfg.data.frames_fps) == ("auto", "auto", 0)
+    assert load_config(CRWConfig, None, ["train.channels_last=true"]).train.channels_last is True
     assert (cfg.model.temperature, cfg.model.edge_dropout, cfg.model.out_layer) == (0.05, 0.1, "layer4")
     assert (cfg.data.clip_len, cfg.data.target_fps, cfg.data.clips_per_video) == (4, 8.0, 5)
     assert (cfg.augment.frame_size, cfg.augment.patch_size, cfg.augment.patch_stride) == (256, 64, 32)
@@ -102,6 +105,9 @@ def test_auto_amp_is_bf16_only_on_cuda_gpus_that_support_it():
     if torch.cuda.is_available():
         expected = "bf16" if torch.cuda.is_bf16_supported() else "none"
         assert resolve_amp("auto", torch.device("cuda")) == expected
+    assert resolve_channels_last("auto", torch.device("cpu")) is False
+    assert resolve_channels_last("auto", torch.device("cuda")) is True
+    assert resolve_channels_last(True, torch.device("cpu")) is True
 
 
 # ---------------------------------------------------------------------------------- schedules
@@ -349,6 +355,8 @@ def test_amp_clipping_and_periodic_evaluation(tmp_path):
 def test_bad_train_settings_are_input_errors(tmp_path):
     with pytest.raises(InputError, match="train.amp"):
         make_trainer(tmp_path, "x", amp="fp8")
+    with pytest.raises(InputError, match="train.channels_last"):
+        make_trainer(tmp_path, "z", channels_last="sometimes")
     with pytest.raises(InputError, match="batch"):
         make_trainer(tmp_path, "y", batch_size=64)  # more than one epoch's clips
 

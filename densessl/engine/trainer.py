@@ -66,7 +66,7 @@ class TrainConfig:
     final_lr_factor: float = 0.0  # cosine: final lr / base lr
     grad_clip: float = 0.0  # > 0: clip the global gradient norm
     amp: str = "none"  # none | auto (bf16 on CUDA GPUs that support it, else none) | bf16 | fp16
-    channels_last: bool = False
+    channels_last: bool | str = False  # true | false | auto (on CUDA devices)
     compile: bool = False
     sync_bn: bool = False  # SyncBatchNorm under DDP on CUDA
     find_unused_parameters: bool = False  # DDP: some steps leave parameters without gradients
@@ -126,6 +126,12 @@ def resolve_amp(amp: str, device: torch.device) -> str:
     return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
 
 
+def resolve_channels_last(setting: bool | str, device: torch.device) -> bool:
+    """``train.channels_last`` for a device: ``auto`` is on for CUDA devices (tensor-core
+    convolutions prefer NHWC), off elsewhere."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
 def validate_train_config(cfg: TrainConfig, world_size: int = 1) -> None:
     """Raise InputError for impossible settings, naming the config key."""
     if cfg.optimizer not in OPTIMIZERS:
@@ -134,6 +140,8 @@ def validate_train_config(cfg: TrainConfig, world_size: int = 1) -> None:
         raise InputError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
     if cfg.amp not in AMP_MODES:
         raise InputError(f"train.amp must be one of {', '.join(AMP_MODES)}, got {cfg.amp!r}")
+    if isinstance(cfg.channels_last, str) and cfg.channels_last != "auto":
+        raise InputError(f"train.channels_last must be true, false or auto, got {cfg.channels_last!r}")
     if cfg.batch_size < 1 or cfg.batch_size % world_size:
         raise InputError(f"train.batch_size ({cfg.batch_size}) must be a positive multiple of the {world_size} processes")
     if cfg.lr <= 0:
@@ -233,7 +241,7 @@ class Trainer:
         if cfg.sync_bn and dist.distributed and self.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device)
-        if cfg.channels_last:
+        if resolve_channels_last(cfg.channels_last, self.device):
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model, cfg)
         for group in self.optimizer.param_groups:

@@ -12,11 +12,12 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 
 from densessl.engine.evaluation import DavisEvalConfig, layer_copy, make_davis_evaluator
 from densessl.engine.distributed import barrier
 from densessl.engine.job import run_training_job
-from densessl.engine.trainer import TrainConfig, Trainer
+from densessl.engine.trainer import TrainConfig, Trainer, resolve_channels_last
 from densessl.errors import InputError
 from densessl.tools._common import training_main
 
@@ -65,7 +66,7 @@ class CRWAugmentConfig:
 
 def _default_train() -> TrainConfig:
     return TrainConfig(name="crw", epochs=25, batch_size=20, lr=1e-4, optimizer="adam", schedule="step",
-                       milestones=[0.8], gamma=0.3, num_workers=8, amp="auto")
+                       milestones=[0.8], gamma=0.3, num_workers=8, amp="auto", channels_last="auto")
 
 
 @dataclass
@@ -97,8 +98,11 @@ def validate(cfg: CRWConfig) -> None:
         raise InputError("augment.patch_stride must be >= 1")
 
 
-def build_training(cfg: CRWConfig, rank: int = 0, world_size: int = 1, progress: bool = True):
-    """Dataset, sampler and the training model (augmentation + CRW) of a config."""
+def build_training(
+    cfg: CRWConfig, rank: int = 0, world_size: int = 1, progress: bool = True, device: torch.device | None = None
+):
+    """Dataset, sampler and the training model (augmentation + CRW) of a config, for ``device``
+    (default CPU; it decides ``train.channels_last=auto``)."""
     from densessl.augment.crw import CRWAugment
     from densessl.datasets.video import ClipSampler, build_clip_dataset
     from densessl.models.backbones import create_backbone
@@ -128,7 +132,8 @@ def build_training(cfg: CRWConfig, rank: int = 0, world_size: int = 1, progress:
     augment = CRWAugment(**asdict(cfg.augment), with_patches=m.mode == "patch")
     model = CRW(
         backbone, mode=m.mode, embed_dim=m.embed_dim, head_depth=m.head_depth, temperature=m.temperature,
-        edge_dropout=m.edge_dropout, min_cycle=m.min_cycle, channels_last=cfg.train.channels_last,
+        edge_dropout=m.edge_dropout, min_cycle=m.min_cycle,
+        channels_last=resolve_channels_last(cfg.train.channels_last, device or torch.device("cpu")),
     )
     return dataset, sampler, CRWTrainModel(augment, model)
 
@@ -140,7 +145,7 @@ def train(cfg: CRWConfig, resume: bool = False, overwrite: bool = False):
     def make_trainer(dist, run_dir: Path) -> Trainer:
         from densessl.datasets.video import collate_clips
 
-        dataset, sampler, model = build_training(cfg, dist.rank, dist.world_size, progress=cfg.train.progress)
+        dataset, sampler, model = build_training(cfg, dist.rank, dist.world_size, cfg.train.progress, dist.device)
         backbone = model.model.backbone
         evaluate = make_davis_evaluator(
             cfg.eval, lambda: layer_copy(backbone, cfg.model.backbone, cfg.eval.layer, dist.device),
