@@ -368,11 +368,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank: int, world_size: int, port: int, tmp_path: str) -> None:
+def _join_process_group(rank: int, world_size: int, port: int) -> DistInfo:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    dist = init_distributed("cpu")
+    return init_distributed("cpu")
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, tmp_path: str) -> None:
+    dist = _join_process_group(rank, world_size, port)
     try:
         trainer = make_trainer(Path(tmp_path), "ddp", random=False, dist=dist, max_steps=1,
                                optimizer="sgd", momentum=0.0, lr=1.0)
@@ -382,10 +386,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, tmp_path: str) -> None:
 
 
 def _ddp_clock_worker(rank: int, world_size: int, port: int, tmp_path: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    dist = init_distributed("cpu")
+    dist = _join_process_group(rank, world_size, port)
     try:
         trainer = make_trainer(Path(tmp_path), "ddp-clock", random=False, dist=dist, max_steps=0, max_minutes=1.0,
                                optimizer="sgd", momentum=0.0)
