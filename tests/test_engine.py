@@ -337,6 +337,49 @@ def test_time_budget_warns_when_the_schedule_follows_steps(tmp_path, caplog, sch
         assert "train.max_minutes" in messages[0] and "50 steps" in messages[0]
 
 
+def test_a_jobs_time_budget_counts_its_setup(tmp_path):
+    import logging
+    import time
+
+    from densessl.engine.job import run_training_job
+
+    cfg = TrainConfig(name="setup", out_dir=str(tmp_path / "runs"), max_minutes=0.5 / 60, batch_size=4,
+                      num_workers=0, progress=False, log_every=1)
+
+    def slow_setup(dist, run_dir):
+        time.sleep(0.6)  # longer than the whole budget
+        sampler = ClipSampler([3, 3, 3, 3], clips_per_video=2, seed=0)
+        return Trainer(cfg, ToyCRW(True), ToyClips(), sampler, dist, run_dir, {"train": to_dict(cfg)})
+
+    result = run_training_job(cfg, slow_setup, logging.getLogger("test"))
+    assert result.reason == "time" and result.step == 1
+
+
+def test_sigterm_ends_the_session_after_the_step_with_a_checkpoint(tmp_path):
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers can only be installed from the main thread")
+    trainer = make_trainer(tmp_path, "term", max_steps=6)
+    train_step = trainer._train_step
+
+    def step_then_sigterm(batch):
+        metrics = train_step(batch)
+        if trainer.step == 2:  # during the third step
+            os.kill(os.getpid(), signal.SIGTERM)
+        return metrics
+
+    trainer._train_step = step_then_sigterm
+    handler_before = signal.getsignal(signal.SIGTERM)
+    result = trainer.fit()
+    assert result.reason == "terminated" and result.step == 3
+    assert load_checkpoint(trainer.checkpoint_path)["step"] == 3
+    assert signal.getsignal(signal.SIGTERM) is handler_before
+    resumed = make_trainer(tmp_path, "term", resume=True, max_steps=6)
+    assert resumed.fit(resume=True).reason == "done" and resumed.step == 6
+
+
 def test_amp_clipping_and_periodic_evaluation(tmp_path):
     calls = []
     trainer = make_trainer(tmp_path, "amp", amp="bf16", grad_clip=0.5, max_steps=4)

@@ -75,15 +75,6 @@ def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str,
     return dict(zip(keys, tensor.tolist()))
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank when ``flag`` is true on at least one rank."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    tensor = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return bool(tensor.item())
-
-
 def max_over_ranks(value: float, device: torch.device) -> float:
     """The largest of every rank's ``value`` (``value`` itself without a process group)."""
     if not (dist.is_available() and dist.is_initialized()):

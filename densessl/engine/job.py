@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -24,6 +25,7 @@ def run_training_job(
 
     Returns the :class:`FitResult` on the main rank, None on the others.
     """
+    job_start = time.monotonic()  # a time budget counts the setup too: it means wall time
     dist = init_distributed(cfg.device)
     try:
         logging.basicConfig(level=logging.INFO if dist.is_main else logging.WARNING, format="%(message)s")
@@ -31,6 +33,7 @@ def run_training_job(
         barrier()
         seed_everything(cfg.seed, 0)
         trainer = make_trainer(dist, run_dir)
+        trainer.session_start = job_start
         result = trainer.fit(resume=resume)
         if not dist.is_main:
             return None

@@ -11,9 +11,12 @@ the resumed loss sequence equals an uninterrupted run's.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from densessl.engine.checkpoint import load_checkpoint, save_checkpoint
 from densessl.engine.config import save_config, to_dict
 from densessl.engine.distributed import (
-    DistInfo, all_reduce_mean, any_rank, barrier, gather_objects, max_over_ranks,
+    DistInfo, all_reduce_mean, barrier, gather_objects, max_over_ranks,
 )
 from densessl.engine.runlog import RunLogger, truncate_log, write_run_info
 from densessl.engine.schedules import SCHEDULES, lr_factor
@@ -48,9 +51,9 @@ class TrainConfig:
     seed: int = 0
     epochs: int = 25
     max_steps: int = 0  # > 0: total steps instead of epochs × steps per epoch
-    # > 0: time budget, ending with a checkpoint. Without max_steps it sets the run's length
-    # (training time over all sessions; epochs unused) and LR schedules follow the clock; with
-    # max_steps it caps each session
+    # > 0: time budget (wall time from the job's start), ending with a checkpoint. Without
+    # max_steps it sets the run's length (over all sessions; epochs unused) and LR schedules
+    # follow the clock; with max_steps it caps each session
     max_minutes: float = 0.0
     stop_after: int = 0  # > 0: end this session after this many steps (resumable), e.g. for tests
     batch_size: int = 20  # global: split evenly across processes
@@ -82,7 +85,7 @@ class FitResult:
 
     step: int
     total_steps: int | None  # None: the time budget sets the length
-    reason: str  # "done" | "time" | "stop_after" | "already_done"
+    reason: str  # "done" | "time" | "stop_after" | "terminated" | "already_done"
     train_metrics: dict[str, float] = field(default_factory=dict)
     eval_metrics: dict[str, float] = field(default_factory=dict)
 
@@ -117,6 +120,12 @@ class EpochChain:
             self.sampler.load_state_dict({"epoch": epoch, "position": position})
             yield from itertools.islice(iter(self.sampler), max(0, self.samples_per_epoch - position))
             epoch, position = epoch + 1, 0
+
+
+def _ignore_sigterm(worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM to the main process, which stops after the current step
+    and ends them itself (a signal to the whole process group must not kill them first)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def resolve_amp(amp: str, device: torch.device) -> str:
@@ -271,6 +280,7 @@ class Trainer:
             drop_last=True,
             generator=self.loader_generator,
             persistent_workers=cfg.num_workers > 0,
+            worker_init_fn=_ignore_sigterm,
         )
         if self.steps_per_epoch < 1:
             raise InputError(
@@ -286,6 +296,10 @@ class Trainer:
         self.clock: Callable[[], float] = time.monotonic
         self.earlier_sessions_s = 0.0  # training time of the sessions before a resume
         self._session_start: float | None = None
+        # when this session's clock started (default: the first step); jobs set it to their own
+        # start, so that a time budget covers the setup too and means wall time
+        self.session_start: float | None = None
+        self._terminate_requested = False
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -427,10 +441,28 @@ class Trainer:
                 return result
             if self.eval_at_start and self.step == 0 and self.evaluate is not None:
                 result.eval_metrics = self._run_eval()
-            result = self._loop(result)
+            with self._stop_on_sigterm():
+                result = self._loop(result)
         finally:
             self.logger.close()
         return result
+
+    @contextlib.contextmanager
+    def _stop_on_sigterm(self) -> Iterator[None]:
+        """While training, SIGTERM (``timeout``, a scheduler's preemption, torchrun passing it on)
+        ends the session after the current step, with a checkpoint, instead of killing it."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum: int, frame: Any) -> None:
+            self._terminate_requested = True
+
+        previous = signal.signal(signal.SIGTERM, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     def _batches(self) -> Iterator[Any]:
         """This rank's batches from (epoch, batch_in_epoch) on, across epochs, from one iterator."""
@@ -440,7 +472,7 @@ class Trainer:
 
     def _loop(self, result: FitResult) -> FitResult:
         cfg = self.cfg
-        self._session_start = session_start = self.clock()
+        self._session_start = session_start = self.session_start if self.session_start is not None else self.clock()
         session_steps = 0
         window: dict[str, Tensor] = {}
         window_steps = 0
@@ -455,7 +487,7 @@ class Trainer:
         self.model.train()
         stop_reason = ""
         try:
-            # the time budget is checked inside, on every rank at once (any_rank)
+            # the time budget is checked inside, on every rank at once (max_over_ranks)
             batches = self._batches()
             while not stop_reason and (self.total_steps is None or self.step < self.total_steps):
                 metrics = self._train_step(_to_device(next(batches), self.device))
@@ -490,7 +522,11 @@ class Trainer:
                     out_of_time = self.elapsed_s() >= self.budget_s
                 else:
                     out_of_time = cfg.max_minutes > 0 and self.clock() - session_start > self.budget_s
-                if any_rank(out_of_time, self.device):
+                # one collective for both: 2 = SIGTERM on some rank, 1 = out of time on some rank
+                signal_code = max_over_ranks(2.0 if self._terminate_requested else float(out_of_time), self.device)
+                if signal_code == 2.0:
+                    stop_reason = "terminated"
+                elif signal_code == 1.0:
                     stop_reason = "time"
                 elif cfg.stop_after > 0 and session_steps >= cfg.stop_after:
                     stop_reason = "stop_after"
