@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -75,13 +76,14 @@ def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str,
     return dict(zip(keys, tensor.tolist()))
 
 
-def max_over_ranks(value: float, device: torch.device) -> float:
-    """The largest of every rank's ``value`` (``value`` itself without a process group)."""
+def max_over_ranks(values: Sequence[float], device: torch.device) -> list[float]:
+    """Elementwise, the largest of every rank's ``values``, in one collective (``values``
+    themselves without a process group)."""
     if not (dist.is_available() and dist.is_initialized()):
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+        return list(values)
+    tensor = torch.tensor(list(values), dtype=torch.float64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return float(tensor.item())
+    return tensor.tolist()
 
 
 def gather_objects(obj: object) -> list[object]:

@@ -240,7 +240,6 @@ class Trainer:
         self.device = dist.device
         self.run_dir = Path(run_dir)
         self.resolved_config = to_dict(resolved_config)
-        self.sampler = sampler
         self.evaluate = evaluate
         self.eval_every = eval_every
         self.eval_at_start = eval_at_start
@@ -287,18 +286,19 @@ class Trainer:
                 f"the data gives {len(sampler)} samples per process per epoch, fewer than one batch of "
                 f"{self.per_rank_batch}: lower train.batch_size or add data"
             )
-        # a time budget without max_steps: the clock sets the length and drives the LR schedule
-        self.clock_defined = cfg.max_minutes > 0 and cfg.max_steps <= 0
+        # None: a time budget without max_steps, where the clock sets the length and the schedule
         self.total_steps: int | None = (
-            cfg.max_steps if cfg.max_steps > 0 else None if self.clock_defined else cfg.epochs * self.steps_per_epoch
+            cfg.max_steps if cfg.max_steps > 0
+            else None if cfg.max_minutes > 0
+            else cfg.epochs * self.steps_per_epoch
         )
         self.budget_s = cfg.max_minutes * 60
         self.clock: Callable[[], float] = time.monotonic
         self.earlier_sessions_s = 0.0  # training time of the sessions before a resume
-        self._session_start: float | None = None
-        # when this session's clock started (default: the first step); jobs set it to their own
+        # when this session's clock started (default: its first step); jobs set it to their own
         # start, so that a time budget covers the setup too and means wall time
         self.session_start: float | None = None
+        self._elapsed_all_ranks = 0.0  # elapsed_s() of the slowest rank at the last step's end
         self._terminate_requested = False
         self.step = 0
         self.epoch = 0
@@ -354,15 +354,20 @@ class Trainer:
             seed_everything(self.cfg.seed + 1000 * self.step, self.dist.rank)
 
     # ------------------------------------------------------------------------------ loop
+    @property
+    def clock_defined(self) -> bool:
+        """A time budget without ``max_steps``: the clock sets the length and the LR schedule."""
+        return self.total_steps is None
+
     def elapsed_s(self) -> float:
         """Training time so far in seconds, the sessions before a resume included."""
-        session = 0.0 if self._session_start is None else self.clock() - self._session_start
+        session = 0.0 if self.session_start is None else self.clock() - self.session_start
         return self.earlier_sessions_s + session
 
     def remaining(self) -> bool:
-        """Whether the run has steps (or, when the clock sets its length, time) left."""
-        if self.total_steps is None:
-            return self.elapsed_s() < self.budget_s
+        """Whether the earlier sessions left steps (or, when the clock sets the length, time)."""
+        if self.clock_defined:
+            return self.earlier_sessions_s < self.budget_s
         return self.step < self.total_steps
 
     def describe_length(self) -> str:
@@ -372,8 +377,8 @@ class Trainer:
 
     def _set_lr(self) -> float:
         progress = None
-        if self.total_steps is None:  # every rank must use the same lr: the slowest clock decides
-            progress = min(1.0, max_over_ranks(self.elapsed_s(), self.device) / self.budget_s)
+        if self.clock_defined:  # every rank must use the same lr: the slowest clock decides
+            progress = min(1.0, self._elapsed_all_ranks / self.budget_s)
         factor = lr_factor(
             self.step, self.total_steps or 0, self.cfg.schedule, self.cfg.milestones, self.cfg.gamma,
             self.cfg.warmup_steps, self.cfg.final_lr_factor, progress=progress,
@@ -445,6 +450,7 @@ class Trainer:
                 result = self._loop(result)
         finally:
             self.logger.close()
+            self.session_start = None  # the next fit() is a new session
         return result
 
     @contextlib.contextmanager
@@ -472,7 +478,9 @@ class Trainer:
 
     def _loop(self, result: FitResult) -> FitResult:
         cfg = self.cfg
-        self._session_start = session_start = self.session_start if self.session_start is not None else self.clock()
+        if self.session_start is None:
+            self.session_start = self.clock()
+        (self._elapsed_all_ranks,) = max_over_ranks([self.elapsed_s()], self.device)
         session_steps = 0
         window: dict[str, Tensor] = {}
         window_steps = 0
@@ -518,15 +526,15 @@ class Trainer:
                 if self.eval_every > 0 and self.step % self.eval_every == 0 and not last_step:
                     result.eval_metrics = self._run_eval()
 
-                if self.clock_defined:
-                    out_of_time = self.elapsed_s() >= self.budget_s
-                else:
-                    out_of_time = cfg.max_minutes > 0 and self.clock() - session_start > self.budget_s
-                # one collective for both: 2 = SIGTERM on some rank, 1 = out of time on some rank
-                signal_code = max_over_ranks(2.0 if self._terminate_requested else float(out_of_time), self.device)
-                if signal_code == 2.0:
+                session_over = cfg.max_minutes > 0 and self.clock() - self.session_start > self.budget_s
+                # one collective per step: 2 = SIGTERM on some rank, 1 = a session over its cap
+                # on some rank; and the slowest rank's clock, for the stop and the next step's lr
+                code, self._elapsed_all_ranks = max_over_ranks(
+                    [2.0 if self._terminate_requested else float(session_over), self.elapsed_s()], self.device
+                )
+                if code == 2.0:
                     stop_reason = "terminated"
-                elif signal_code == 1.0:
+                elif (self._elapsed_all_ranks >= self.budget_s) if self.clock_defined else (code == 1.0):
                     stop_reason = "time"
                 elif cfg.stop_after > 0 and session_steps >= cfg.stop_after:
                     stop_reason = "stop_after"
