@@ -13,7 +13,7 @@
 #   SCS_SDIST=F    spatial_correlation_sampler-0.5.0.tar.gz: build it (its -std=c++17 patched to
 #                  c++20, for this GPU's architecture) so that the benchmarks and the parity
 #                  tests compare with it
-#   STAGES         any of: env build test corr prop crw vos crw-real vos-real (default: the
+#   STAGES         any of: env build test corr prop crw vos crw-real crw-real-roi vos-real (default: the
 #                  first seven, in that order)
 #   DAVIS=DIR      a DAVIS-2016-layout folder (such as davis2016_mini) for the real-data stages
 #
@@ -28,6 +28,7 @@
 #   vos    benchmarks/bench_motion_vos.py, fp32 and bf16          motion_vos.md
 #   crw-real   6 minutes of CRW training with the default recipe (bf16, channels_last) on
 #              $DAVIS's frames, then label propagation on $DAVIS   crw_real.log
+#   crw-real-roi   the same with model.mode=roi                     crw_real_roi.log
 #   vos-real   DIS flow of $DAVIS, 6 minutes of CIS training with the default recipe (bf16),
 #              then the unsupervised evaluation of the raw masks   vos_real.log
 set -uo pipefail
@@ -90,14 +91,15 @@ nvcc --version | tail -2" ;;
     vos)
       run motion_vos.md 600 bash -c "$PYTHON benchmarks/bench_motion_vos.py && \
 $PYTHON benchmarks/bench_motion_vos.py --amp bf16 --channels-last" ;;
-    crw-real)
-      [[ -d "${DAVIS:-}/JPEGImages" ]] || { echo "crw-real needs DAVIS=<DAVIS-2016 folder>" >&2; exit 2; }
-      run crw_real.log 600 bash -c "$PYTHON tools/train_crw.py \
-data.frames=$DAVIS/JPEGImages/480p data.frames_fps=24 train.max_minutes=6 \
+    crw-real|crw-real-roi)
+      [[ -d "${DAVIS:-}/JPEGImages" ]] || { echo "$stage needs DAVIS=<DAVIS-2016 folder>" >&2; exit 2; }
+      mode=patch; [[ $stage == crw-real-roi ]] && mode=roi
+      run "${stage//-/_}.log" 600 bash -c "$PYTHON tools/train_crw.py \
+data.frames=$DAVIS/JPEGImages/480p data.frames_fps=24 model.mode=$mode train.max_minutes=6 \
 train.amp=bf16 train.channels_last=true train.num_workers=12 train.out_dir=$RUNS \
-train.name=crw-real train.progress=false --overwrite && $PYTHON -m densessl.cli eval-davis \
---backbone resnet18-crw --weights $RUNS/crw-real/checkpoints/backbone.pt --davis-root $DAVIS \
---year 2016 --out $RUNS/crw-real-eval --overwrite" ;;
+train.name=$stage train.progress=false --overwrite && $PYTHON -m densessl.cli eval-davis \
+--backbone resnet18-crw --weights $RUNS/$stage/checkpoints/backbone.pt --davis-root $DAVIS \
+--year 2016 --out $RUNS/$stage-eval --overwrite" ;;
     vos-real)
       [[ -d "${DAVIS:-}/JPEGImages" ]] || { echo "vos-real needs DAVIS=<DAVIS-2016 folder>" >&2; exit 2; }
       run vos_real.log 600 bash -c "$PYTHON tools/compute_flow.py --davis-root $DAVIS --year 2016 \
@@ -107,7 +109,7 @@ data.split=val train.max_minutes=6 train.amp=bf16 train.num_workers=12 train.out
 train.name=vos-real train.progress=false --overwrite && $PYTHON tools/eval_motion_vos.py \
 --checkpoint $RUNS/vos-real/checkpoints/motion_vos.pt --davis-root $DAVIS --flow-root $RUNS/flows \
 --out $RUNS/vos-real-eval --overwrite" ;;
-    *) echo "unknown stage '$stage' (expected env build test corr prop crw vos crw-real vos-real)" >&2
+    *) echo "unknown stage '$stage' (expected env build test corr prop crw vos crw-real crw-real-roi vos-real)" >&2
        exit 2 ;;
   esac
 done

@@ -72,43 +72,69 @@ def test_tool_trains_resumes_and_exports_the_backbone(tmp_path):
     assert [r["step"] for r in log_rows(run, "train")] == [1]
 
 
-@pytest.mark.slow
-def test_crw_learns_correspondence_on_synthetic_video(tmp_path):
-    """The loss falls well below ln N, the walk generalises to held-out videos, and label
-    propagation (J&F) on held-out videos beats the same network at random init."""
-    from densessl.datasets.video import ClipSampler, build_clip_dataset, collate_clips
-    from densessl.engine.config import load_config
-    from densessl.engine.evaluation import layer_copy
-    from densessl.engine.seed import seed_everything
-    from densessl.tools.train_crw import CRWConfig, build_training
-    from densessl.video.crw import walk_metrics
-    from densessl.video.davis_propagation import evaluate_backbone_on_davis
+def train_on_synthetic_video(tmp_path: Path, mode: str, evaluate: bool = True) -> tuple[Path, Path, list[str]]:
+    """90 CPU steps of CRW on 26 synthetic videos (4 held out); with ``evaluate``, J&F on the
+    held-out videos at step 0 and at the end.
 
+    Returns (data root, run folder, the tool's arguments)."""
     data = tmp_path / "data"
     listing = make_set(data, num_sequences=30, num_frames=20, height=96, width=128, num_val=4,
                        workers=2)
     run = tmp_path / "runs" / "learn"
     args = [
         f"data.frames={listing}", "data.target_fps=0", "data.short_side=72", f"data.cache_dir={tmp_path / 'cache'}",
-        "model.mode=patch", "model.out_layer=layer2",
+        f"model.mode={mode}", "model.out_layer=layer2",
         "augment.frame_size=64", "augment.patch_size=16", "augment.patch_stride=8",
         "train.batch_size=8", "train.max_steps=90", "train.lr=1e-3", "train.num_workers=0", "train.log_every=5",
         "train.progress=false", f"train.out_dir={run.parent}", "train.name=learn",
-        f"eval.davis_root={data}", "eval.at_start=true", "eval.layer=layer2",
     ]
+    if evaluate:
+        args += [f"eval.davis_root={data}", "eval.at_start=true", "eval.layer=layer2"]
     torch.set_num_threads(2)
     assert main(args) == 0
+    return data, run, args
 
+
+def initial_and_trained(run: Path, args: list[str]):
+    """The run's initial network (same seed) and the trained one, with their resolved config."""
+    from densessl.engine.config import load_config
+    from densessl.engine.seed import seed_everything
+    from densessl.tools.train_crw import CRWConfig, build_training
+
+    cfg = load_config(CRWConfig, None, args)
+    seed_everything(cfg.train.seed)
+    _, _, initial = build_training(cfg, progress=False)
+    _, _, trained = build_training(cfg, progress=False)
+    trained.load_state_dict(load_checkpoint(run / "checkpoints" / "last.pt")["model"])
+    return cfg, initial, trained
+
+
+def first_frame_only_jf(model, cfg, data: Path) -> float:
+    """J&F of label propagation on the held-out videos from the first frame alone (no recent
+    frames): long-range correspondence."""
+    from densessl.engine.evaluation import layer_copy
+    from densessl.video.davis_propagation import evaluate_backbone_on_davis
+
+    backbone = layer_copy(model.model.backbone, cfg.model.backbone, "layer2", torch.device("cpu"))
+    scores = evaluate_backbone_on_davis(backbone, data, year=2017, split="val", protocol="crw",
+                                        device=torch.device("cpu"), num_recent=0)
+    return scores["J&F-Mean"]
+
+
+@pytest.mark.slow
+def test_crw_learns_correspondence_on_synthetic_video(tmp_path):
+    """The loss falls well below ln N, the walk generalises to held-out videos, and label
+    propagation (J&F) on held-out videos beats the same network at random init."""
+    from densessl.datasets.video import ClipSampler, build_clip_dataset, collate_clips
+    from densessl.video.crw import walk_metrics
+
+    data, run, args = train_on_synthetic_video(tmp_path, "patch")
     chance = math.log(49)
     train_rows = log_rows(run, "train")
     assert sum(r["loss"] for r in train_rows[-2:]) / 2 < 0.7 * chance
 
     # the walk generalises: held-out clips, same crops for the initial and the trained network
-    cfg = load_config(CRWConfig, None, args)
-    seed_everything(cfg.train.seed)
-    _, _, initial = build_training(cfg, progress=False)  # the run's initial weights (same seed)
-    _, _, trained = build_training(cfg, progress=False)
-    trained.load_state_dict(load_checkpoint(run / "checkpoints" / "last.pt")["model"])
+    cfg, initial, trained = initial_and_trained(run, args)
     val_names = (data / "ImageSets" / "2017" / "val.txt").read_text().split()
     val_list = data / "val_frames.txt"
     val_list.write_text("".join(f"JPEGImages/480p/{name}\n" for name in val_names))
@@ -130,14 +156,21 @@ def test_crw_learns_correspondence_on_synthetic_video(tmp_path):
     assert all(0.0 <= r["J&F-Mean"] <= 1.0 for r in evals)
     assert evals[-1]["J&F-Mean"] > evals[0]["J&F-Mean"] + 0.03
 
-    def first_frame_only(model) -> float:
-        backbone = layer_copy(model.model.backbone, cfg.model.backbone, "layer2", torch.device("cpu"))
-        scores = evaluate_backbone_on_davis(backbone, data, year=2017, split="val", protocol="crw",
-                                            device=torch.device("cpu"), num_recent=0)
-        return scores["J&F-Mean"]
-
-    long_before, long_after = first_frame_only(initial), first_frame_only(trained)
+    long_before, long_after = first_frame_only_jf(initial, cfg, data), first_frame_only_jf(trained, cfg, data)
     assert long_after > long_before + 0.10
     print(f"J&F {evals[0]['J&F-Mean']:.3f} at init -> {evals[-1]['J&F-Mean']:.3f} trained; "
           f"first frame only {long_before:.3f} -> {long_after:.3f}; "
           f"held-out cycle accuracy {before['cycle_acc']:.3f} -> {after['cycle_acc']:.3f}")
+
+
+@pytest.mark.slow
+def test_crw_roi_mode_learns_long_range_correspondence(tmp_path):
+    """``model.mode=roi`` (one encoder pass per frame, patches pooled from the feature map)
+    learns: the loss falls and first-frame-only propagation gains the margin required of patch mode."""
+    data, run, args = train_on_synthetic_video(tmp_path, "roi", evaluate=False)
+    train_rows = log_rows(run, "train")
+    assert sum(r["loss"] for r in train_rows[-2:]) / 2 < 0.6 * math.log(49)
+    cfg, initial, trained = initial_and_trained(run, args)
+    long_before, long_after = first_frame_only_jf(initial, cfg, data), first_frame_only_jf(trained, cfg, data)
+    assert long_after > long_before + 0.10
+    print(f"roi: first frame only {long_before:.3f} -> {long_after:.3f}")

@@ -6,8 +6,8 @@ Three ways to make nodes (``mode``):
   mean-pooled, projected by a linear head (512→128 for ResNet-18) and L2-normalised.
 - ``"dense"``: every feature-map cell of the whole frame is a node (head applied per cell).
 - ``"roi"``: one encoder pass per frame; each jittered patch box is sampled from the frame's
-  feature map with ``roi_align`` and mean-pooled. Same boxes as ``"patch"`` at roughly a
-  quarter of the encoder FLOPs (256² pixels per frame instead of 49·64²), but patches see
+  feature map with ``roi_align`` and mean-pooled. Same boxes as ``"patch"`` at about a
+  third of the encoder FLOPs (256² pixels per frame instead of 49·64²), but patches see
   context beyond their box through the receptive field.
 """
 
