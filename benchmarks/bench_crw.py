@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from densessl.augment.crw import CRWAugment
+from densessl.engine.trainer import configure_cudnn
 from densessl.models.backbones import create_backbone
 from densessl.video.crw import CRW, CRWTrainModel
 
@@ -160,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    configure_cudnn(device, benchmark=True)  # as train.cudnn_benchmark's default
     if args.quick:
         args.batch, args.frame_size, args.patch_size, args.patch_stride = 2, 128, 32, 16
         args.steps, args.warmup = 2, 1

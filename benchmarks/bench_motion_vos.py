@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from densessl.engine.trainer import configure_cudnn
 from densessl.video.motion_vos import MotionVOSModel, MotionVOSNetConfig
 
 
@@ -34,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    torch.backends.cudnn.benchmark = True
+    configure_cudnn(device, benchmark=True)  # as train.cudnn_benchmark's default
     net = MotionVOSNetConfig()
     if args.reference_flow:
         net.generator_flow_norm, net.inpainter_context = False, "none"

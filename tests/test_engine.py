@@ -25,7 +25,7 @@ from densessl.engine.distributed import DistInfo, cleanup_distributed, init_dist
 from densessl.engine.schedules import cosine_schedule, lr_factor
 from densessl.engine.seed import capture_rng_state, restore_rng_state, seed_everything
 from densessl.engine.trainer import (
-    EpochChain, TrainConfig, Trainer, prepare_run_dir, resolve_amp, resolve_channels_last,
+    EpochChain, TrainConfig, Trainer, configure_cudnn, prepare_run_dir, resolve_amp, resolve_channels_last,
 )
 from densessl.errors import InputError
 from densessl.video.crw import CRW
@@ -108,6 +108,17 @@ def test_auto_amp_is_bf16_only_on_cuda_gpus_that_support_it():
     assert resolve_channels_last("auto", torch.device("cpu")) is False
     assert resolve_channels_last("auto", torch.device("cuda")) is True
     assert resolve_channels_last(True, torch.device("cpu")) is True
+
+
+def test_cudnn_benchmark_is_set_for_cuda_devices_only(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    configure_cudnn(torch.device("cpu"), True)
+    assert torch.backends.cudnn.benchmark is False
+    configure_cudnn(torch.device("cuda"), True)
+    assert torch.backends.cudnn.benchmark is True
+    configure_cudnn(torch.device("cuda", 0), False)
+    assert torch.backends.cudnn.benchmark is False
+    assert TrainConfig().cudnn_benchmark is True
 
 
 # ---------------------------------------------------------------------------------- schedules

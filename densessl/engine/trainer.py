@@ -71,6 +71,7 @@ class TrainConfig:
     amp: str = "none"  # none | auto (bf16 on CUDA GPUs that support it, else none) | bf16 | fp16
     channels_last: bool | str = False  # true | false | auto (on CUDA devices)
     compile: bool = False
+    cudnn_benchmark: bool = True  # CUDA: time the convolution algorithms once per input shape
     sync_bn: bool = False  # SyncBatchNorm under DDP on CUDA
     find_unused_parameters: bool = False  # DDP: some steps leave parameters without gradients
     checkpoint_every: int = 1000
@@ -139,6 +140,14 @@ def resolve_channels_last(setting: bool | str, device: torch.device) -> bool:
     """``train.channels_last`` for a device: ``auto`` is on for CUDA devices (tensor-core
     convolutions prefer NHWC), off elsewhere."""
     return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
+def configure_cudnn(device: torch.device, benchmark: bool) -> None:
+    """``train.cudnn_benchmark`` on a CUDA device: let cuDNN time its convolution algorithms for
+    each new input shape and keep the fastest (training shapes are fixed, so this happens once).
+    Other devices are left alone."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = benchmark
 
 
 def validate_train_config(cfg: TrainConfig, world_size: int = 1) -> None:
@@ -248,6 +257,7 @@ class Trainer:
 
         if cfg.sync_bn and dist.distributed and self.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        configure_cudnn(self.device, cfg.cudnn_benchmark)
         self.model = model.to(self.device)
         if resolve_channels_last(cfg.channels_last, self.device):
             self.model = self.model.to(memory_format=torch.channels_last)
