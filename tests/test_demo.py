@@ -19,7 +19,9 @@ def test_demo_writes_table_chart_and_overlays(tmp_path, monkeypatch, capsys):
     assert set(propagation) == {"pixels-lab", "resnet18-crw layer3 (random init)",
                                 "resnet18-crw layer2 (random init)",
                                 "resnet18-crw layer2 (CRW-trained)"}
-    assert all(0.0 <= row["J&F-Mean"] <= 1.0 for row in propagation.values())
+    assert all(0.0 <= row["J&F-Mean"] <= 1.0 and 0.0 <= row["J&F frame 0 only"] <= 1.0
+               for row in propagation.values())
+    assert (demo / "pixels-lab" / "first_frame_only" / "global_results-val.csv").is_file()
     assert set(motion) == {"CIS (trained)", "flow magnitude", "camera-compensated"}
     assert all(0.0 <= row["J-Mean"] <= 1.0 for row in motion.values())
     for chart in ("jf_by_method.png", "motion_j_by_method.png"):
@@ -29,6 +31,7 @@ def test_demo_writes_table_chart_and_overlays(tmp_path, monkeypatch, capsys):
     assert (demo / "motion" / "cis_run" / "checkpoints" / "motion_vos.pt").is_file()
     report = (demo / "results.md").read_text()
     assert "## Motion segmentation" in report and "| CIS (trained) |" in report
+    assert "J&F frame 0 only |" in report
     assert "| method |" in capsys.readouterr().out
     # a second run refuses to replace the folder without --overwrite
     assert main(argv) == 2
