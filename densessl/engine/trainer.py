@@ -381,7 +381,7 @@ class Trainer:
         return self.step < self.total_steps
 
     def describe_length(self) -> str:
-        if self.total_steps is None:
+        if self.clock_defined:
             return f"{self.cfg.max_minutes:g} minutes of training (the clock sets the length and the lr schedule)"
         return f"{self.total_steps} steps in all"
 
@@ -500,7 +500,7 @@ class Trainer:
             from tqdm import tqdm
 
             progress = tqdm(total=self.total_steps, initial=self.step, desc=cfg.name, unit="step", dynamic_ncols=True)
-            if self.total_steps is None:
+            if self.clock_defined:
                 progress.set_description(f"{cfg.name} ({cfg.max_minutes:g} min)")
         self.model.train()
         stop_reason = ""
@@ -548,10 +548,9 @@ class Trainer:
                     stop_reason = "time"
                 elif cfg.stop_after > 0 and session_steps >= cfg.stop_after:
                     stop_reason = "stop_after"
-                done = last_step
-                if self.step % cfg.checkpoint_every == 0 or done or stop_reason:
+                if self.step % cfg.checkpoint_every == 0 or last_step or stop_reason:
                     self.save()
-                if done or stop_reason:
+                if last_step or stop_reason:
                     break
                 if self.batch_in_epoch == self.steps_per_epoch:
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0

@@ -118,8 +118,7 @@ def build_training(
         if (rank == 0) == (turn == 0):
             dataset = build_clip_dataset(
                 videos=d.videos, frames=d.frames, clip_len=d.clip_len,
-                target_fps=d.target_fps if d.target_fps > 0 else None,
-                frames_fps=d.frames_fps,
+                target_fps=d.target_fps if d.target_fps > 0 else None, frames_fps=d.frames_fps,
                 short_side=d.short_side or None, cache_dir=d.cache_dir, progress=progress and rank == 0,
             )
         barrier()
