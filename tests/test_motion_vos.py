@@ -380,7 +380,7 @@ def test_pair_dataset_lists_cached_pairs_and_names_missing_flow(tmp_path):
 # -------------------------------------------------------------------------------- tools
 
 
-def test_default_config_is_the_reference_recipe_with_the_flow_normalisations():
+def test_default_config_is_the_reference_recipe_with_the_flow_normalisations_and_the_cap():
     from densessl.engine.config import load_config, to_dict
     from densessl.tools.train_motion_vos import MotionVOSConfig
 
@@ -388,8 +388,10 @@ def test_default_config_is_the_reference_recipe_with_the_flow_normalisations():
     reference = to_dict(load_config(MotionVOSConfig, "configs/motion_vos_reference.yaml"))
     differing = {(section, key) for section in default for key in default[section]
                  if default[section][key] != reference[section][key]}
-    assert differing == {("train", "name"), ("model", "generator_flow_norm"), ("model", "inpainter_context")}
+    assert differing == {("train", "name"), ("model", "generator_flow_norm"), ("model", "inpainter_context"),
+                         ("model", "cap_ratio")}
     assert reference["model"]["generator_flow_norm"] is False and reference["model"]["inpainter_context"] == "none"
+    assert reference["model"]["cap_ratio"] is False and default["model"]["cap_ratio"] is True
     built_in = to_dict(MotionVOSConfig())["model"]  # the file and the dataclass agree
     for key, value in default["model"].items():
         assert built_in[key] == (pytest.approx(value, rel=1e-6) if isinstance(value, float) else value), key

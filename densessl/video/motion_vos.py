@@ -54,7 +54,7 @@ class MotionVOSNetConfig:
     hard_context: bool = True  # the inpainter sees the thresholded mask (straight-through gradient)
     normalizer: str = "image_only"  # D(m) from the image-only inpainter, or "zero": from zero flow (|u|)
     input_stride: int = 2  # the networks and the loss work at 1/input_stride of the input size
-    cap_ratio: bool = False  # generator loss with min(E/D, 1) (see densessl.losses.cis)
+    cap_ratio: bool = True  # generator loss with min(E/D, 1) (see densessl.losses.cis); reference: False
     generator_flow_norm: bool = True  # the generator sees each sample's flow standardised (mean 0, RMS 1)
     inpainter_context: str = "mean"  # none (reference) | mean | affine: the fit of the visible flow the inpainter corrects
     min_hidden_fraction: float = 0.0  # hard_context: each call hides at least this fraction (its likeliest pixels)
