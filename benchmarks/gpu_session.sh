@@ -13,8 +13,8 @@
 #   SCS_SDIST=F    spatial_correlation_sampler-0.5.0.tar.gz: build it (its -std=c++17 patched to
 #                  c++20, for this GPU's architecture) so that the benchmarks and the parity
 #                  tests compare with it
-#   STAGES         any of: env build test corr prop crw vos crw-real crw-real-roi vos-real (default: the
-#                  first seven, in that order)
+#   STAGES         any of: env build test corr prop crw vos crw-real crw-real-roi vos-real
+#                  vos-real-nocap (default: the first seven, in that order)
 #   DAVIS=DIR      a DAVIS-2016-layout folder (such as davis2016_mini) for the real-data stages
 #
 # Stages (each writes one log or table into $RESULTS):
@@ -31,6 +31,7 @@
 #   crw-real-roi   the same with model.mode=roi                     crw_real_roi.log
 #   vos-real   DIS flow of $DAVIS, 6 minutes of CIS training with the default recipe (bf16),
 #              then the unsupervised evaluation of the raw masks   vos_real.log
+#   vos-real-nocap the same with model.cap_ratio=false (the reference loss) vos_real_nocap.log
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -100,16 +101,19 @@ train.amp=bf16 train.channels_last=true train.num_workers=12 train.out_dir=$RUNS
 train.name=$stage train.progress=false --overwrite && $PYTHON -m densessl.cli eval-davis \
 --backbone resnet18-crw --weights $RUNS/$stage/checkpoints/backbone.pt --davis-root $DAVIS \
 --year 2016 --out $RUNS/$stage-eval --overwrite" ;;
-    vos-real)
-      [[ -d "${DAVIS:-}/JPEGImages" ]] || { echo "vos-real needs DAVIS=<DAVIS-2016 folder>" >&2; exit 2; }
-      run vos_real.log 600 bash -c "$PYTHON tools/compute_flow.py --davis-root $DAVIS --year 2016 \
+    vos-real|vos-real-nocap)
+      [[ -d "${DAVIS:-}/JPEGImages" ]] || { echo "$stage needs DAVIS=<DAVIS-2016 folder>" >&2; exit 2; }
+      cap=true; [[ $stage == vos-real-nocap ]] && cap=false
+      # compute-flow skips the flow files that exist, so the second stage reuses the first's
+      run "${stage//-/_}.log" 600 bash -c "$PYTHON tools/compute_flow.py --davis-root $DAVIS --year 2016 \
 --set val --out $RUNS/flows --workers 16 && $PYTHON tools/train_motion_vos.py \
 --config configs/motion_vos.yaml data.davis_root=$DAVIS data.flow_root=$RUNS/flows \
-data.split=val train.max_minutes=6 train.amp=bf16 train.num_workers=12 train.out_dir=$RUNS \
-train.name=vos-real train.progress=false --overwrite && $PYTHON tools/eval_motion_vos.py \
---checkpoint $RUNS/vos-real/checkpoints/motion_vos.pt --davis-root $DAVIS --flow-root $RUNS/flows \
---out $RUNS/vos-real-eval --overwrite" ;;
-    *) echo "unknown stage '$stage' (expected env build test corr prop crw vos crw-real crw-real-roi vos-real)" >&2
+data.split=val model.cap_ratio=$cap train.max_minutes=6 train.amp=bf16 train.num_workers=12 \
+train.out_dir=$RUNS train.name=$stage train.progress=false --overwrite && $PYTHON \
+tools/eval_motion_vos.py --checkpoint $RUNS/$stage/checkpoints/motion_vos.pt --davis-root $DAVIS \
+--flow-root $RUNS/flows --out $RUNS/$stage-eval --overwrite" ;;
+    *) echo "unknown stage '$stage' (expected env build test corr prop crw vos crw-real crw-real-roi" \
+            "vos-real vos-real-nocap)" >&2
        exit 2 ;;
   esac
 done
