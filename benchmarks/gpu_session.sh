@@ -1,49 +1,78 @@
 #!/usr/bin/env bash
-# Every GPU check and benchmark in one go, for a CUDA machine (an H100 for the figures in
-# BENCHMARKS.md). Uses the machine's own PyTorch: the project runs from this checkout through
-# PYTHONPATH, nothing is installed into the system.
+# Every GPU check and benchmark, for a CUDA machine (an H100 for the figures in BENCHMARKS.md).
+# Uses the machine's own PyTorch: the project runs from this checkout through PYTHONPATH, nothing
+# is installed into the system. Prepare the offline kit first (`bash benchmarks/gpu_kit.sh`: the
+# wheels the machine lacks, the package's sdist and the DAVIS mini set in .gpu_kit/); it is picked
+# up by default.
 #
-#   bash benchmarks/gpu_session.sh                   # all stages
-#   STAGES="build test corr" bash benchmarks/gpu_session.sh
+#   BUDGET_S=540 bash benchmarks/gpu_session.sh      # the benchmark stages, in priority order
+#   STAGES="crw-real vos-real" REAL_MINUTES=3.5 BUDGET_S=560 bash benchmarks/gpu_session.sh
 #
 # Environment:
+#   STAGES         any of: env build test corr crw vos prop crw-compile crw-real crw-real-roi
+#                  vos-real vos-real-nocap (default: the first eight, in that order)
+#   BUDGET_S=N     wall-clock budget of the whole session in seconds: each stage's time limit is
+#                  cut to what is left, a stage is skipped (and says so) when too little is left
+#                  (a real-data stage needs its whole limit), and the results are packed in time
+#   REAL_MINUTES   training minutes of each real-data stage (default 6)
 #   RESULTS=DIR    where the logs and tables go (default: gpu_results/)
-#   WHEELS=DIR     install every wheel in DIR first, offline, into $RESULTS/site (e.g. kornia,
-#                  kornia_rs and decord when the machine lacks them)
+#   OUT=DIR        also pack the logs, tables and run logs (no checkpoints) into
+#                  DIR/gpu_results.tar.gz at the end, whatever happened
+#   WHEELS=DIR     install every wheel in DIR first, offline, into $RESULTS/site (default:
+#                  .gpu_kit/wheels when present)
 #   SCS_SDIST=F    spatial_correlation_sampler-0.5.0.tar.gz: build it (its -std=c++17 patched to
 #                  c++20, for this GPU's architecture) so that the benchmarks and the parity
-#                  tests compare with it
-#   STAGES         any of: env build test corr prop crw vos crw-real crw-real-roi vos-real
-#                  vos-real-nocap (default: the first seven, in that order)
-#   DAVIS=DIR      a DAVIS-2016-layout folder (such as davis2016_mini) for the real-data stages
+#                  tests compare with it (default: the kit's copy when present)
+#   DAVIS=DIR      a DAVIS-2016-layout folder for the real-data stages (default:
+#                  .gpu_kit/davis2016_mini when present)
 #
 # Stages (each writes one log or table into $RESULTS):
 #   env    nvidia-smi, versions                                  env.txt
 #   build  compile both extensions (tools/build_ops.py)          build_ops.log
 #   test   pytest -m cuda (kernels against the references)       pytest_cuda.log
 #   corr   benchmarks/bench_correlation.py                       correlation.md
+#   crw    benchmarks/bench_crw.py, eager variants + data path    crw.md, crw.json
+#   vos    benchmarks/bench_motion_vos.py, fp32 and bf16          motion_vos.md
 #   prop   benchmarks/bench_propagation.py, fused kernel and per-frame ops, on a generated
 #          480p set                                              propagation.md
-#   crw    benchmarks/bench_crw.py (model variants, data path)   crw.md, crw.json
-#   vos    benchmarks/bench_motion_vos.py, fp32 and bf16          motion_vos.md
-#   crw-real   6 minutes of CRW training with the default recipe (bf16, channels_last) on
+#   crw-compile  bench_crw.py's torch.compile variants           crw_compile.md, crw_compile.json
+#   crw-real   REAL_MINUTES of CRW training with the default recipe (bf16, channels_last) on
 #              $DAVIS's frames, then label propagation on $DAVIS   crw_real.log
 #   crw-real-roi   the same with model.mode=roi                     crw_real_roi.log
-#   vos-real   DIS flow of $DAVIS, 6 minutes of CIS training with the default recipe (bf16),
+#   vos-real   DIS flow of $DAVIS, REAL_MINUTES of CIS training with the default recipe (bf16),
 #              then the unsupervised evaluation of the raw masks   vos_real.log
 #   vos-real-nocap the same with model.cap_ratio=false (the reference loss) vos_real_nocap.log
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+KIT="$ROOT/.gpu_kit"
 RESULTS="${RESULTS:-$ROOT/gpu_results}"
-STAGES="${STAGES:-env build test corr prop crw vos}"
+STAGES="${STAGES:-env build scs test corr crw vos prop crw-compile}"
+BUDGET_S="${BUDGET_S:-0}"
+REAL_MINUTES="${REAL_MINUTES:-6}"
+# the kit's files are defaults: set a variable (empty: none) to override
+[[ -z "${WHEELS+set}" && -d "$KIT/wheels" ]] && WHEELS="$KIT/wheels"
+[[ -z "${SCS_SDIST+set}" && -f "$KIT/spatial_correlation_sampler-0.5.0.tar.gz" ]] && \
+  SCS_SDIST="$KIT/spatial_correlation_sampler-0.5.0.tar.gz"
+[[ -z "${DAVIS+set}" && -d "$KIT/davis2016_mini/JPEGImages" ]] && DAVIS="$KIT/davis2016_mini"
 RUNS="$RESULTS/runs"
 PYTHON="${PYTHON:-python3}"
+PACK_S=20   # kept back from the budget for packing the results
 mkdir -p "$RESULTS"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$RESULTS/torch_extensions}"
 cd "$ROOT" || exit 1
+
+pack() {  # the logs, tables and run logs (no checkpoints, flow or pictures) into $OUT
+  [[ -n "${OUT:-}" ]] || return 0
+  mkdir -p "$OUT"
+  (cd "$RESULTS" && find . -maxdepth 1 -type f -print0 && \
+     find runs \( -name '*.csv' -o -name 'log.jsonl' -o -name 'config.yaml' -o -name 'scores.txt' \) \
+       -print0 2>/dev/null) | tar czf "$OUT/gpu_results.tar.gz" -C "$RESULTS" --null -T -
+  echo "packed $(du -h "$OUT/gpu_results.tar.gz" | cut -f1) into $OUT/gpu_results.tar.gz"
+}
+trap pack EXIT
 
 if [[ -n "${WHEELS:-}" ]]; then
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -51,69 +80,95 @@ if [[ -n "${WHEELS:-}" ]]; then
   export PYTHONPATH="$PYTHONPATH:$RESULTS/site"
 fi
 
-if [[ -n "${SCS_SDIST:-}" ]]; then
-  arch=$("$PYTHON" -c "import torch; print('%d%d' % torch.cuda.get_device_capability())")
-  src="$RESULTS/scs_src"
-  rm -rf "$src" && mkdir -p "$src" && tar xzf "$SCS_SDIST" -C "$src" --strip-components 1
-  sed -i 's/-std=c++17/-std=c++20/' "$src/setup.py"
-  GPU_ARCH="$arch" TORCH_CUDA_ARCH_LIST="${arch:0:1}.${arch:1}" \
-    "$PYTHON" -m pip install -q --no-index --no-deps --no-build-isolation --target "$RESULTS/site" \
-    "$src" >"$RESULTS/scs_build.log" 2>&1 \
-    && echo "spatial-correlation-sampler built for sm_$arch" \
-    || echo "spatial-correlation-sampler did not build: see scs_build.log"
-  export PYTHONPATH="$PYTHONPATH:$RESULTS/site"
-fi
+seconds_left() {  # what the budget leaves for stages (a large number without a budget)
+  if (( BUDGET_S > 0 )); then echo $(( BUDGET_S - SECONDS - PACK_S )); else echo 999999; fi
+}
 
-run() {  # run NAME TIMEOUT CMD...: one stage, its output into $RESULTS/NAME
-  local name=$1 limit=$2
-  shift 2
-  echo "== $name: $*"
+run() {  # run NAME LIMIT NEED CMD...: one stage, its output into $RESULTS/NAME
+  # LIMIT: the stage's time limit, cut to what the budget leaves; NEED: the seconds it needs to start
+  local name=$1 limit=$2 need=$3 left
+  shift 3
+  left=$(seconds_left)
+  if (( left < need )); then
+    echo "== $name: skipped, ${left} s of the budget left, ${need} s needed" | tee "$RESULTS/$name"
+    return
+  fi
+  (( limit > left )) && limit=$left
+  echo "== $name (limit ${limit} s): $*"
   local start=$SECONDS
-  timeout "$limit" "$@" >"$RESULTS/$name" 2>&1
+  timeout -k 10 "$limit" "$@" >"$RESULTS/$name" 2>&1
   local status=$?
   echo "   exit $status after $((SECONDS - start)) s"
   tail -n 25 "$RESULTS/$name"
 }
 
+need_davis() {
+  [[ -d "${DAVIS:-}/JPEGImages" ]] && return 0
+  echo "$1 needs DAVIS=<DAVIS-2016 folder> (or .gpu_kit/davis2016_mini from benchmarks/gpu_kit.sh)" >&2
+  exit 2
+}
+
+# a real-data stage's limit: its training minutes plus setup and evaluation (and flow for CIS)
+train_s=$(python3 -c "print(int(float('$REAL_MINUTES') * 60))" 2>/dev/null) || {
+  echo "REAL_MINUTES must be a number, got '$REAL_MINUTES'" >&2; exit 2; }
+
 for stage in $STAGES; do
   case $stage in
     env)
-      run env.txt 60 bash -c "date -u; nvidia-smi; $PYTHON -c 'import torch, sys; \
+      run env.txt 60 10 bash -c "date -u; nvidia-smi; $PYTHON -c 'import torch, sys; \
 print(sys.version); print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())'; \
-nvcc --version | tail -2" ;;
-    build) run build_ops.log 900 "$PYTHON" tools/build_ops.py ;;
-    test) run pytest_cuda.log 900 "$PYTHON" -m pytest -q -m cuda -p no:cacheprovider tests ;;
-    corr) run correlation.md 600 "$PYTHON" benchmarks/bench_correlation.py --device cuda --repeats 50 ;;
+nvcc --version | tail -2; echo 'budget ${BUDGET_S} s, stages: $STAGES'" ;;
+    build) run build_ops.log 600 60 "$PYTHON" tools/build_ops.py ;;
+    scs)
+      if [[ -z "${SCS_SDIST:-}" ]]; then
+        echo "== scs: skipped (no SCS_SDIST): the package is not compared"
+        continue
+      fi
+      arch=$("$PYTHON" -c "import torch; print('%d%d' % torch.cuda.get_device_capability())")
+      src="$RESULTS/scs_src"
+      rm -rf "$src" && mkdir -p "$src" && tar xzf "$SCS_SDIST" -C "$src" --strip-components 1
+      sed -i 's/-std=c++17/-std=c++20/' "$src/setup.py"
+      run scs_build.log 400 60 env GPU_ARCH="$arch" TORCH_CUDA_ARCH_LIST="${arch:0:1}.${arch:1}" \
+        MAX_JOBS=16 "$PYTHON" -m pip install --no-index --no-deps --no-build-isolation \
+        --target "$RESULTS/site" "$src"
+      export PYTHONPATH="$PYTHONPATH:$RESULTS/site" ;;
+    test) run pytest_cuda.log 420 60 "$PYTHON" -m pytest -q -m cuda -p no:cacheprovider tests ;;
+    corr) run correlation.md 300 40 "$PYTHON" benchmarks/bench_correlation.py --device cuda --repeats 50 ;;
+    crw)
+      run crw.md 360 60 "$PYTHON" benchmarks/bench_crw.py --variants fp32 bf16-cl roi-fp32 roi-bf16-cl \
+        --workers 0 8 16 --out "$RESULTS/crw.json" ;;
+    vos)
+      run motion_vos.md 240 40 bash -c "$PYTHON benchmarks/bench_motion_vos.py && \
+$PYTHON benchmarks/bench_motion_vos.py --amp bf16 --channels-last" ;;
     prop)
-      run propagation.md 600 bash -c "$PYTHON benchmarks/bench_propagation.py --synthetic 4 \
+      run propagation.md 300 60 bash -c "$PYTHON benchmarks/bench_propagation.py --synthetic 4 \
 --frames 60 && $PYTHON benchmarks/bench_propagation.py --synthetic 4 --frames 60 \
 --opt fused_kernel=false" ;;
-    crw) run crw.md 900 "$PYTHON" benchmarks/bench_crw.py --out "$RESULTS/crw.json" ;;
-    vos)
-      run motion_vos.md 600 bash -c "$PYTHON benchmarks/bench_motion_vos.py && \
-$PYTHON benchmarks/bench_motion_vos.py --amp bf16 --channels-last" ;;
+    crw-compile)
+      run crw_compile.md 420 120 "$PYTHON" benchmarks/bench_crw.py --skip-data \
+        --variants bf16-cl-compile roi-bf16-cl-compile --out "$RESULTS/crw_compile.json" ;;
     crw-real|crw-real-roi)
-      [[ -d "${DAVIS:-}/JPEGImages" ]] || { echo "$stage needs DAVIS=<DAVIS-2016 folder>" >&2; exit 2; }
+      need_davis "$stage"
       mode=patch; [[ $stage == crw-real-roi ]] && mode=roi
-      run "${stage//-/_}.log" 600 bash -c "$PYTHON tools/train_crw.py \
-data.frames=$DAVIS/JPEGImages/480p data.frames_fps=24 model.mode=$mode train.max_minutes=6 \
+      run "${stage//-/_}.log" $((train_s + 150)) $((train_s + 150)) bash -c "$PYTHON tools/train_crw.py \
+data.frames=$DAVIS/JPEGImages/480p data.frames_fps=24 model.mode=$mode train.max_minutes=$REAL_MINUTES \
 train.amp=bf16 train.channels_last=true train.num_workers=12 train.out_dir=$RUNS \
 train.name=$stage train.progress=false --overwrite && $PYTHON -m densessl.cli eval-davis \
 --backbone resnet18-crw --weights $RUNS/$stage/checkpoints/backbone.pt --davis-root $DAVIS \
 --year 2016 --out $RUNS/$stage-eval --overwrite" ;;
     vos-real|vos-real-nocap)
-      [[ -d "${DAVIS:-}/JPEGImages" ]] || { echo "$stage needs DAVIS=<DAVIS-2016 folder>" >&2; exit 2; }
+      need_davis "$stage"
       cap=true; [[ $stage == vos-real-nocap ]] && cap=false
       # compute-flow skips the flow files that exist, so the second stage reuses the first's
-      run "${stage//-/_}.log" 600 bash -c "$PYTHON tools/compute_flow.py --davis-root $DAVIS --year 2016 \
---set val --out $RUNS/flows --workers 16 && $PYTHON tools/train_motion_vos.py \
---config configs/motion_vos.yaml data.davis_root=$DAVIS data.flow_root=$RUNS/flows \
-data.split=val model.cap_ratio=$cap train.max_minutes=6 train.amp=bf16 train.num_workers=12 \
-train.out_dir=$RUNS train.name=$stage train.progress=false --overwrite && $PYTHON \
-tools/eval_motion_vos.py --checkpoint $RUNS/$stage/checkpoints/motion_vos.pt --davis-root $DAVIS \
---flow-root $RUNS/flows --out $RUNS/$stage-eval --overwrite" ;;
-    *) echo "unknown stage '$stage' (expected env build test corr prop crw vos crw-real crw-real-roi" \
-            "vos-real vos-real-nocap)" >&2
+      run "${stage//-/_}.log" $((train_s + 180)) $((train_s + 180)) bash -c "$PYTHON tools/compute_flow.py \
+--davis-root $DAVIS --year 2016 --set val --out $RUNS/flows --workers 16 && $PYTHON \
+tools/train_motion_vos.py --config configs/motion_vos.yaml data.davis_root=$DAVIS \
+data.flow_root=$RUNS/flows data.split=val model.cap_ratio=$cap train.max_minutes=$REAL_MINUTES \
+train.amp=bf16 train.num_workers=12 train.out_dir=$RUNS train.name=$stage train.progress=false \
+--overwrite && $PYTHON tools/eval_motion_vos.py --checkpoint $RUNS/$stage/checkpoints/motion_vos.pt \
+--davis-root $DAVIS --flow-root $RUNS/flows --out $RUNS/$stage-eval --overwrite" ;;
+    *) echo "unknown stage '$stage' (expected env build scs test corr crw vos prop crw-compile" \
+            "crw-real crw-real-roi vos-real vos-real-nocap)" >&2
        exit 2 ;;
   esac
 done
