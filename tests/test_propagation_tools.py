@@ -13,7 +13,7 @@ from densessl.datasets.davis import DavisDataset, read_result_masks
 from densessl.datasets.palette import read_id_png
 from densessl.models.backbones import create_backbone
 from densessl.tools.propagate import main as propagate_main
-from densessl.video.davis_propagation import evaluate_backbone_on_davis, propagate_sequence
+from densessl.video.davis_propagation import evaluate_backbone_on_davis, propagate_dataset, propagate_sequence
 from densessl.video.propagation import make_config
 
 from conftest import MINI_DAVIS, requires_mini_davis, tree_hash
@@ -49,6 +49,34 @@ def test_eval_davis_scores_and_writes_csvs(tiny_davis, tmp_path, capsys):
     assert names == ["bear-run_1", "cat-jump_1", "cat-jump_2", "dog-walk_1", "dog-walk_2",
                      "dog-walk_3"]
     assert "J&F-Mean" in capsys.readouterr().out
+
+
+def test_further_protocols_reuse_the_features_and_match_separate_runs(tiny_davis, tmp_path):
+    """propagate_dataset(also=...): one backbone pass per frame, the same PNGs as a separate run."""
+    dataset = DavisDataset(tiny_davis)
+    backbone = create_backbone("pixels-lab")
+    frames_seen = []
+    features = backbone.features
+    backbone.features = lambda x: (frames_seen.append(x.shape[0]), features(x))[1]
+    crw, first_only = make_config("crw"), make_config("crw", num_recent=0)
+    propagate_dataset(backbone, dataset, tmp_path / "both", crw, device="cpu", progress=False,
+                      also=[(first_only, tmp_path / "both_first")])
+    total_frames = sum(sequence.num_frames for sequence in dataset)
+    assert sum(frames_seen) == total_frames
+    propagate_dataset(backbone, dataset, tmp_path / "alone", crw, device="cpu", progress=False)
+    propagate_dataset(backbone, dataset, tmp_path / "alone_first", first_only, device="cpu", progress=False)
+    assert sum(frames_seen) == 3 * total_frames
+    differ = False
+    for sequence in dataset:
+        shared = read_result_masks(tmp_path / "both_first", sequence)
+        assert np.array_equal(shared, read_result_masks(tmp_path / "alone_first", sequence))
+        assert np.array_equal(read_result_masks(tmp_path / "both", sequence),
+                              read_result_masks(tmp_path / "alone", sequence))
+        differ |= not np.array_equal(shared, read_result_masks(tmp_path / "alone", sequence))
+    assert differ  # the two protocols are not the same propagation
+    with pytest.raises(ValueError, match="processing size"):
+        propagate_dataset(backbone, dataset, tmp_path / "bad", crw, device="cpu", progress=False,
+                          also=[(make_config("crw", short_side=32), tmp_path / "bad_other")])
 
 
 def test_propagation_beats_copying_the_first_mask(tiny_davis):

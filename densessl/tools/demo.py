@@ -193,12 +193,12 @@ def main(argv: list[str] | None = None) -> int:
             kwargs = {} if out_layer is None else {"out_layer": out_layer}
             backbone = create_backbone(name, weights=weights, **kwargs)
             folder = out / _slug(label)
+            # one backbone pass per sequence serves both protocols
             timing = propagate_dataset(backbone, dataset, folder, config, device=device,
-                                       overlay_dir=folder / "overlays", progress=False)
+                                       overlay_dir=folder / "overlays", progress=False,
+                                       also=[(first_frame_only, folder / "first_frame_only")])
             scores = evaluate_results(dataset, folder, year=2017, split="val")
             scores.write_csvs(folder)
-            propagate_dataset(backbone, dataset, folder / "first_frame_only", first_frame_only, device=device,
-                              progress=False)
             long_range = evaluate_results(dataset, folder / "first_frame_only", year=2017, split="val")
             long_range.write_csvs(folder / "first_frame_only")
             results[label] = {**scores.global_row, _FIRST_FRAME_COLUMN: long_range.jf_mean,

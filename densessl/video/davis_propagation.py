@@ -68,13 +68,17 @@ class _FeatureStream:
         device: torch.device,
         batch_size: int,
         pool: ThreadPoolExecutor,
+        store: dict[int, Tensor] | None = None,
     ) -> None:
         self.backbone, self.frame_paths, self.size = backbone, list(frame_paths), size
         self.device, self.batch_size, self.pool = device, batch_size, pool
-        self._features: dict[int, Tensor] = {}
+        # with a store, features are kept there (never released) for another pass to reuse
+        self._keep_all = store is not None
+        self._features: dict[int, Tensor] = {} if store is None else store
         self._pending: dict[int, Future] = {}
         self._next_read = 0
-        self._prefetch(2 * batch_size)
+        if not self._features:
+            self._prefetch(2 * batch_size)
 
     def _prefetch(self, upto: int) -> None:
         upto = min(upto, len(self.frame_paths))
@@ -102,7 +106,7 @@ class _FeatureStream:
         return self._features[index]
 
     def release(self, index: int) -> None:
-        if index != 0:
+        if index != 0 and not self._keep_all:
             self._features.pop(index, None)
 
 
@@ -124,11 +128,15 @@ def propagate_sequence(
     overlay_video: bool = False,
     feature_batch: int = 8,
     pool: ThreadPoolExecutor | None = None,
+    feature_store: dict[int, Tensor] | None = None,
 ) -> SequenceResult:
     """Propagate ``sequence``'s first mask to all frames.
 
     Writes ``<out_dir>/<seq>/<frame>.png`` when ``out_dir`` is given; with ``overlay_dir``, a
-    PNG strip of five overlays (and an MP4 with ``overlay_video``).
+    PNG strip of five overlays (and an MP4 with ``overlay_video``). ``feature_store`` (frame
+    index → features), when given, keeps every frame's features: an empty one is filled, a
+    filled one is reused, so that another protocol at the same processing size needs no second
+    backbone pass (memory: the whole sequence's features).
 
     Returns:
         The ``T×H×W`` uint8 id maps (frame 0 is the ground truth) and the time taken.
@@ -143,7 +151,7 @@ def propagate_sequence(
         raise InputError(f"too many objects ({len(object_ids)})", sequence.mask_paths[0])
     own_pool = pool is None
     pool = pool or ThreadPoolExecutor(max_workers=4)
-    stream = _FeatureStream(backbone, sequence.frame_paths, size, device, feature_batch, pool)
+    stream = _FeatureStream(backbone, sequence.frame_paths, size, device, feature_batch, pool, feature_store)
     feature_size = tuple(stream(0).shape[-2:])
     first_labels = mask_to_soft_labels(first_mask, object_ids, feature_size,
                                        config.label_downsample).to(device)
@@ -203,26 +211,39 @@ def propagate_dataset(
     overlay_video: bool = False,
     feature_batch: int = 8,
     progress: bool = True,
+    also: Sequence[tuple[PropagationConfig, str | os.PathLike]] = (),
 ) -> dict[str, float]:
     """Propagate every sequence of ``dataset``, writing official-format PNGs into ``out_dir``.
 
+    ``also``: further (protocol, output folder) pairs run on the same features, computed once
+    per sequence; their protocols must give the same processing size as ``config``.
+
     Returns:
-        Timing: ``frames``, ``seconds`` and ``frames_per_second``.
+        Timing of the ``config`` pass (features included): ``frames``, ``seconds`` and
+        ``frames_per_second``.
     """
     device = resolve_device(device)
     backbone = backbone.to(device).eval()
-    total_frames, start = 0, time.perf_counter()
+    total_frames, seconds = 0, 0.0
     with ThreadPoolExecutor(max_workers=4) as pool:
         bar = tqdm(list(dataset), desc="propagate", unit="seq", disable=not progress)
         for sequence in bar:
+            size = processing_size(*sequence.size, config)
+            if any(processing_size(*sequence.size, other) != size for other, _ in also):
+                raise ValueError("propagate_dataset(also=...): every protocol must have the "
+                                 f"processing size of config ({size[0]}×{size[1]} for {sequence.name})")
+            store: dict[int, Tensor] | None = {} if also else None
             result = propagate_sequence(
                 backbone, sequence, config, device=device, out_dir=out_dir,
                 overlay_dir=overlay_dir, overlay_video=overlay_video,
-                feature_batch=feature_batch, pool=pool,
+                feature_batch=feature_batch, pool=pool, feature_store=store,
             )
+            for other, other_dir in also:
+                propagate_sequence(backbone, sequence, other, device=device, out_dir=other_dir,
+                                   pool=pool, feature_store=store)
             total_frames += sequence.num_frames
+            seconds += result.seconds
             bar.set_postfix(seq=sequence.name, fps=f"{sequence.num_frames / result.seconds:.1f}")
-    seconds = time.perf_counter() - start
     return {"frames": total_frames, "seconds": seconds,
             "frames_per_second": total_frames / max(seconds, 1e-9)}
 
