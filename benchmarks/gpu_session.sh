@@ -15,6 +15,7 @@
 #                  cut to what is left, a stage is skipped (and says so) when too little is left
 #                  (a real-data stage needs its whole limit), and the results are packed in time
 #   REAL_MINUTES   training minutes of each real-data stage (default 6)
+#   KIT=DIR        the kit of benchmarks/gpu_kit.sh (default: .gpu_kit/)
 #   RESULTS=DIR    where the logs and tables go (default: gpu_results/)
 #   OUT=DIR        also pack the logs, tables and run logs (no checkpoints) into
 #                  DIR/gpu_results.tar.gz at the end, whatever happened
@@ -45,7 +46,7 @@
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-KIT="$ROOT/.gpu_kit"
+KIT="${KIT:-$ROOT/.gpu_kit}"
 RESULTS="${RESULTS:-$ROOT/gpu_results}"
 STAGES="${STAGES:-env build scs test corr crw vos prop crw-compile}"
 BUDGET_S="${BUDGET_S:-0}"
