@@ -6,11 +6,11 @@
 # up by default.
 #
 #   BUDGET_S=540 bash benchmarks/gpu_session.sh      # the benchmark stages, in priority order
-#   STAGES="crw-real vos-real" REAL_MINUTES=3.5 BUDGET_S=560 bash benchmarks/gpu_session.sh
+#   STAGES=crw-real BUDGET_S=570 bash benchmarks/gpu_session.sh   # one real-data stage per run
 #
 # Environment:
-#   STAGES         any of: env build test corr crw vos prop crw-compile crw-real crw-real-roi
-#                  vos-real vos-real-nocap (default: the first eight, in that order)
+#   STAGES         any of: env build scs test corr crw vos prop crw-compile crw-real
+#                  crw-real-roi vos-real vos-real-nocap (default: the first nine, in that order)
 #   BUDGET_S=N     wall-clock budget of the whole session in seconds: each stage's time limit is
 #                  cut to what is left, a stage is skipped (and says so) when too little is left
 #                  (a real-data stage needs its whole limit), and the results are packed in time
@@ -30,6 +30,7 @@
 # Stages (each writes one log or table into $RESULTS):
 #   env    nvidia-smi, versions                                  env.txt
 #   build  compile both extensions (tools/build_ops.py)          build_ops.log
+#   scs    build the package from SCS_SDIST into $RESULTS/site   scs_build.log
 #   test   pytest -m cuda (kernels against the references)       pytest_cuda.log
 #   corr   benchmarks/bench_correlation.py                       correlation.md
 #   crw    benchmarks/bench_crw.py, eager variants + data path    crw.md, crw.json

@@ -79,6 +79,18 @@ def test_further_protocols_reuse_the_features_and_match_separate_runs(tiny_davis
                           also=[(make_config("crw", short_side=32), tmp_path / "bad_other")])
 
 
+def test_a_feature_store_never_serves_features_of_another_processing_size(tiny_davis):
+    sequence = DavisDataset(tiny_davis)[0]
+    backbone = create_backbone("pixels-lab")
+    store: dict = {}
+    native, resized = make_config("crw"), make_config("crw", short_side=32)
+    propagate_sequence(backbone, sequence, native, device=torch.device("cpu"), feature_store=store)
+    shared = propagate_sequence(backbone, sequence, resized, device=torch.device("cpu"), feature_store=store)
+    alone = propagate_sequence(backbone, sequence, resized, device=torch.device("cpu"))
+    assert np.array_equal(shared.masks, alone.masks)
+    assert len(store) == 2 and all(len(features) == sequence.num_frames for features in store.values())
+
+
 def test_propagation_beats_copying_the_first_mask(tiny_davis):
     """Moving objects: following them must score better than repeating frame 0."""
     dataset = DavisDataset(tiny_davis)

@@ -128,15 +128,16 @@ def propagate_sequence(
     overlay_video: bool = False,
     feature_batch: int = 8,
     pool: ThreadPoolExecutor | None = None,
-    feature_store: dict[int, Tensor] | None = None,
+    feature_store: dict[tuple[int, int], dict[int, Tensor]] | None = None,
 ) -> SequenceResult:
     """Propagate ``sequence``'s first mask to all frames.
 
     Writes ``<out_dir>/<seq>/<frame>.png`` when ``out_dir`` is given; with ``overlay_dir``, a
-    PNG strip of five overlays (and an MP4 with ``overlay_video``). ``feature_store`` (frame
-    index → features), when given, keeps every frame's features: an empty one is filled, a
-    filled one is reused, so that another protocol at the same processing size needs no second
-    backbone pass (memory: the whole sequence's features).
+    PNG strip of five overlays (and an MP4 with ``overlay_video``). ``feature_store``
+    (processing size → frame index → features of this sequence and backbone), when given, keeps
+    every frame's features, so that another protocol at the same processing size needs no second
+    backbone pass (memory: the whole sequence's features); a protocol at another size gets
+    features of its own.
 
     Returns:
         The ``T×H×W`` uint8 id maps (frame 0 is the ground truth) and the time taken.
@@ -151,7 +152,8 @@ def propagate_sequence(
         raise InputError(f"too many objects ({len(object_ids)})", sequence.mask_paths[0])
     own_pool = pool is None
     pool = pool or ThreadPoolExecutor(max_workers=4)
-    stream = _FeatureStream(backbone, sequence.frame_paths, size, device, feature_batch, pool, feature_store)
+    store = None if feature_store is None else feature_store.setdefault(size, {})
+    stream = _FeatureStream(backbone, sequence.frame_paths, size, device, feature_batch, pool, store)
     feature_size = tuple(stream(0).shape[-2:])
     first_labels = mask_to_soft_labels(first_mask, object_ids, feature_size,
                                        config.label_downsample).to(device)
@@ -232,7 +234,7 @@ def propagate_dataset(
             if any(processing_size(*sequence.size, other) != size for other, _ in also):
                 raise ValueError("propagate_dataset(also=...): every protocol must have the "
                                  f"processing size of config ({size[0]}×{size[1]} for {sequence.name})")
-            store: dict[int, Tensor] | None = {} if also else None
+            store: dict[tuple[int, int], dict[int, Tensor]] | None = {} if also else None
             result = propagate_sequence(
                 backbone, sequence, config, device=device, out_dir=out_dir,
                 overlay_dir=overlay_dir, overlay_video=overlay_video,
