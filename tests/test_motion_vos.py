@@ -19,7 +19,8 @@ from densessl.losses.cis import REFERENCE_EPSILON_PER_ELEMENT, charbonnier, cis_
 from densessl.models.unet import UNet
 from densessl.video.motion_vos import (
     FlowInpainter, MotionVOSModel, MotionVOSNetConfig, border_coverage, camera_compensated_foreground,
-    context_flow_fit, fit_background_motion, flow_magnitude_foreground, hide_region, orient_foreground, standardize_flow,
+    MaskGenerator, context_flow_fit, fit_background_motion, flow_magnitude_foreground, hide_region, motion_basis,
+    orient_foreground, robust_motion_fit, standardize_flow,
 )
 
 TINY_NET = dict(generator_widths=(4, 8), inpainter_widths=(4, 8), dilations=(2,))
@@ -357,6 +358,63 @@ def test_fitted_camera_motion_ignores_the_object_and_the_compensated_baseline_fi
         assert np.linalg.norm(fit_background_motion(flow, "affine") - flow, axis=-1)[~obj].max() > 0.3
     with pytest.raises(ValueError, match="model"):
         fit_background_motion(flow, "homography")
+
+
+def naive_irls_fit(flow: np.ndarray, model: str, iterations: int = 6, min_scale: float = 0.1) -> np.ndarray:
+    """IRLS with Cauchy weights written out per pixel (every pixel used, no subsampling)."""
+    height, width = flow.shape[:2]
+    rows = []
+    for y in range(height):
+        for x in range(width):
+            cx, cy = -1 + 2 * x / (width - 1), -1 + 2 * y / (height - 1)
+            rows.append([1, cx, cy] + ([cx * cx, cx * cy, cy * cy] if model == "quadratic" else []))
+    basis = np.array(rows, dtype=np.float64)
+    target = flow.reshape(-1, 2).astype(np.float64)
+    weights = np.ones(len(target))
+    for _ in range(iterations):
+        gram = sum(weights[i] * np.outer(basis[i], basis[i]) for i in range(len(target)))
+        moments = sum(weights[i] * np.outer(basis[i], target[i]) for i in range(len(target)))
+        params = np.linalg.solve(gram, moments)
+        residual = np.linalg.norm(target - basis @ params, axis=1)
+        sigma = max(1.4826 * np.median(residual), min_scale)
+        weights = 1.0 / (1.0 + (residual / (2.385 * sigma)) ** 2)
+    return (basis @ params).reshape(height, width, 2)
+
+
+@pytest.mark.parametrize("model", ["affine", "quadratic"])
+def test_robust_motion_fit_matches_a_naive_irls_and_fits_each_sample_of_a_batch(model):
+    flows = [_zooming_scene(model)[0][::3, ::4], np.random.default_rng(0).normal(size=(16, 20, 2)).astype(np.float32)]
+    batch = torch.from_numpy(np.stack(flows)).permute(0, 3, 1, 2)
+    fitted = robust_motion_fit(batch, model, grid=64)  # grid >= the frame: every pixel is used
+    assert fitted.shape == batch.shape and fitted.dtype == batch.dtype
+    for k, flow in enumerate(flows):
+        expected = naive_irls_fit(flow, model)
+        assert np.abs(fitted[k].permute(1, 2, 0).numpy() - expected).max() < 1e-4
+    assert motion_basis(3, 4, model).shape == (12, 3 if model == "affine" else 6)
+    with pytest.raises(ValueError, match="B×2×H×W"):
+        robust_motion_fit(batch[:, :1])
+
+
+def test_generator_with_a_camera_fit_ignores_the_camera_motion():
+    """The IRLS fit is equivariant to adding a field of its model, so a generator that sees
+    the flow minus the fit gives the same logits whatever the camera does."""
+    torch.manual_seed(0)
+    generator = MaskGenerator((4, 8), (2,), camera_fit="quadratic", flow_norm=True).eval()
+    image = torch.rand(2, 3, 24, 32)
+    flow = torch.randn(2, 2, 24, 32) * 0.02
+    flow[:, :, 8:16, 10:20] += torch.tensor([0.05, -0.03]).view(1, 2, 1, 1)  # an object
+    params = torch.randn(2, 6, 2, dtype=torch.float64) * 0.05
+    camera = (motion_basis(24, 32, "quadratic") @ params).transpose(1, 2).reshape(2, 2, 24, 32).float()
+    with torch.no_grad():
+        still, moving = generator(image, flow), generator(image, flow + camera)
+        assert torch.allclose(still, moving, atol=1e-3)
+        plain = MaskGenerator((4, 8), (2,), flow_norm=True).eval()
+        plain.load_state_dict(generator.state_dict())
+        assert not torch.allclose(plain(image, flow), plain(image, flow + camera), atol=1e-2)
+    with pytest.raises(ValueError, match="camera_fit"):
+        MaskGenerator((4, 8), (2,), camera_fit="homography")
+    with pytest.raises(InputError, match="model.generator_camera_fit"):
+        MotionVOSNetConfig(generator_camera_fit="homography").validate()
 
 
 # --------------------------------------------------------------------------------- data

@@ -56,6 +56,7 @@ class MotionVOSNetConfig:
     input_stride: int = 2  # the networks and the loss work at 1/input_stride of the input size
     cap_ratio: bool = True  # generator loss with min(E/D, 1) (see densessl.losses.cis); reference: False
     generator_flow_norm: bool = True  # the generator sees each sample's flow standardised (mean 0, RMS 1)
+    generator_camera_fit: str = "none"  # none | affine | quadratic: the generator sees the flow minus a robust camera fit
     inpainter_context: str = "mean"  # none (reference) | mean | affine: the fit of the visible flow the inpainter corrects
     min_hidden_fraction: float = 0.0  # hard_context: each call hides at least this fraction (its likeliest pixels)
 
@@ -66,6 +67,9 @@ class MotionVOSNetConfig:
 
         if self.norm not in NORMS:
             raise InputError(f"model.norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        if self.generator_camera_fit not in ("none",) + PARAMETRIC_MOTION_MODELS:
+            raise InputError("model.generator_camera_fit must be one of none, "
+                             f"{', '.join(PARAMETRIC_MOTION_MODELS)}, got {self.generator_camera_fit!r}")
         if self.inpainter_context not in CONTEXT_FITS:
             raise InputError(f"model.inpainter_context must be one of {', '.join(CONTEXT_FITS)}, "
                              f"got {self.inpainter_context!r}")
@@ -83,6 +87,8 @@ class MotionVOSNetConfig:
             raise InputError("model.generator_widths and model.inpainter_widths must not be empty")
 
 
+PARAMETRIC_MOTION_MODELS = ("affine", "quadratic")
+CAMERA_FIT_MIN_SCALE = 0.1 / 80.0  # normalised flow units: 0.1 px at the reference's scale
 FLOW_STAT_FLOOR = 1e-4  # normalised flow units: 0.008 px at a width of 384 with the reference scale
 SPREAD_FLOOR_FRACTION = 0.1  # a uniform (pure translation) flow is scaled by 0.1 × its magnitude
 
@@ -137,8 +143,11 @@ def context_flow_fit(masked_flow: Tensor, hidden: Tensor, model: str = "mean") -
 class MaskGenerator(nn.Module):
     """``B×3×H×W`` image and ``B×2×H×W`` flow (both normalised) → ``B×2×H×W`` logits.
 
-    ``flow_norm``: the flow is standardised per sample (:func:`standardize_flow`) before it enters
-    the network, so slow and fast videos give inputs of the same size.
+    ``camera_fit`` (``affine`` or ``quadratic``): the network sees the flow minus a robust fit of
+    the dominant (camera) motion (:func:`robust_motion_fit`), the motion that the scene does not
+    explain; ``none`` (the reference): the flow itself.
+    ``flow_norm``: the flow is then standardised per sample (:func:`standardize_flow`) before it
+    enters the network, so slow and fast videos give inputs of the same size.
     """
 
     def __init__(
@@ -148,13 +157,19 @@ class MaskGenerator(nn.Module):
         norm: str = "batch",
         temperature: float = 10.0,
         flow_norm: bool = False,
+        camera_fit: str = "none",
     ) -> None:
         super().__init__()
+        if camera_fit not in ("none",) + PARAMETRIC_MOTION_MODELS:
+            raise ValueError(f"camera_fit must be none, affine or quadratic, got {camera_fit!r}")
         self.temperature = float(temperature)
         self.flow_norm = flow_norm
+        self.camera_fit = camera_fit
         self.unet = UNet(5, 2, widths, dilations, norm)
 
     def forward(self, image: Tensor, flow: Tensor) -> Tensor:
+        if self.camera_fit != "none":
+            flow = flow - robust_motion_fit(flow, self.camera_fit, min_scale=CAMERA_FIT_MIN_SCALE)
         if self.flow_norm:
             flow = standardize_flow(flow)
         return self.unet(torch.cat([image, flow], dim=1))
@@ -256,7 +271,7 @@ class MotionVOSModel(nn.Module):
         cfg.validate()
         self.config = cfg
         self.generator = MaskGenerator(cfg.generator_widths, cfg.dilations, cfg.norm, cfg.mask_temperature,
-                                       cfg.generator_flow_norm)
+                                       cfg.generator_flow_norm, cfg.generator_camera_fit)
         self.inpainter = FlowInpainter(cfg.inpainter_widths, cfg.dilations, cfg.norm, cfg.inpainter_context)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -410,46 +425,66 @@ def flow_magnitude_foreground(flow: np.ndarray) -> np.ndarray:
     return orient_foreground(binary.astype(np.float32))
 
 
-PARAMETRIC_MOTION_MODELS = ("affine", "quadratic")
-
-
-def _motion_basis(height: int, width: int, model: str) -> np.ndarray:
+def motion_basis(height: int, width: int, model: str, dtype: torch.dtype = torch.float64,
+                 device: torch.device | str = "cpu") -> Tensor:
     """``H·W×P`` basis of a parametric flow field over pixel coordinates scaled to [-1, 1]:
     ``1, x, y`` (affine, 3 per component) plus ``x², xy, y²`` (quadratic, 6 per component)."""
-    ys, xs = np.meshgrid(np.linspace(-1, 1, height), np.linspace(-1, 1, width), indexing="ij")
-    x, y = xs.ravel(), ys.ravel()
-    columns = [np.ones_like(x), x, y]
+    if model not in PARAMETRIC_MOTION_MODELS:
+        raise ValueError(f"model must be one of {', '.join(PARAMETRIC_MOTION_MODELS)}, got {model!r}")
+    ys = torch.linspace(-1.0, 1.0, height, dtype=dtype, device=device)
+    xs = torch.linspace(-1.0, 1.0, width, dtype=dtype, device=device)
+    y, x = (t.reshape(-1) for t in torch.meshgrid(ys, xs, indexing="ij"))
+    columns = [torch.ones_like(x), x, y]
     if model == "quadratic":
         columns += [x * x, x * y, y * y]
-    return np.stack(columns, axis=1)
+    return torch.stack(columns, dim=1)
+
+
+def robust_motion_fit(
+    flow: Tensor, model: str = "quadratic", iterations: int = 6, grid: int = 64, min_scale: float = 0.1
+) -> Tensor:
+    """Robust fit of a parametric (camera) motion to each flow field of a batch.
+
+    Iteratively reweighted least squares with Cauchy weights ``1 / (1 + (r / 2.385σ)²)``, where
+    ``σ`` is the median absolute residual × 1.4826 (at least ``min_scale``, in the flow's units),
+    on a ``grid × grid`` subsample of the pixels; independently moving objects get small weights,
+    so the fit follows the dominant (background) motion.
+
+    Args:
+        flow: ``B×2×H×W``.
+    Returns:
+        The fitted ``B×2×H×W`` fields, in ``flow``'s dtype (computed in float64 without gradients).
+    """
+    if flow.ndim != 4 or flow.shape[1] != 2:
+        raise ValueError(f"expected B×2×H×W flow, got {tuple(flow.shape)}")
+    batch, _, height, width = flow.shape
+    with torch.no_grad(), torch.autocast(flow.device.type, enabled=False):
+        full_basis = motion_basis(height, width, model, device=flow.device)  # HW×P
+        rows = torch.linspace(0, height - 1, min(grid, height), device=flow.device).round().long()
+        cols = torch.linspace(0, width - 1, min(grid, width), device=flow.device).round().long()
+        picked = (rows[:, None] * width + cols[None, :]).reshape(-1)
+        basis = full_basis[picked]  # N×P
+        target = flow.detach().double().flatten(2)[:, :, picked].transpose(1, 2)  # B×N×2
+        weights = torch.ones(target.shape[:2], dtype=torch.float64, device=flow.device)
+        ridge = 1e-9 * torch.eye(basis.shape[1], dtype=torch.float64, device=flow.device)
+        for _ in range(iterations):
+            weighted = basis * weights[..., None]  # B×N×P
+            gram = weighted.transpose(1, 2) @ basis + ridge
+            params = torch.linalg.solve(gram, weighted.transpose(1, 2) @ target)  # B×P×2
+            residual = (target - basis @ params).norm(dim=2)  # B×N
+            scale = (1.4826 * residual.quantile(0.5, dim=1, keepdim=True)).clamp(min=min_scale)
+            weights = 1.0 / (1.0 + (residual / (2.385 * scale)) ** 2)
+        fitted = (full_basis @ params).transpose(1, 2).reshape(batch, 2, height, width)
+    return fitted.to(flow.dtype)
 
 
 def fit_background_motion(
     flow: np.ndarray, model: str = "quadratic", iterations: int = 6, grid: int = 64, min_scale: float = 0.1
 ) -> np.ndarray:
-    """Robust fit of a parametric (camera) motion to a flow field → the fitted ``H×W×2`` field.
-
-    Iteratively reweighted least squares with Cauchy weights ``1 / (1 + (r / 2.385σ)²)``, where
-    ``σ`` is the weighted median absolute residual × 1.4826 (at least ``min_scale`` pixels), on a
-    ``grid × grid`` subsample of the pixels; independently moving objects get small weights, so
-    the fit follows the dominant (background) motion.
-    """
-    if model not in PARAMETRIC_MOTION_MODELS:
-        raise ValueError(f"model must be one of {', '.join(PARAMETRIC_MOTION_MODELS)}, got {model!r}")
-    height, width = flow.shape[:2]
-    rows = np.linspace(0, height - 1, min(grid, height)).round().astype(int)
-    cols = np.linspace(0, width - 1, min(grid, width)).round().astype(int)
-    full_basis = _motion_basis(height, width, model).reshape(height, width, -1)
-    basis = full_basis[np.ix_(rows, cols)].reshape(-1, full_basis.shape[-1]).astype(np.float64)
-    target = flow[np.ix_(rows, cols)].reshape(-1, 2).astype(np.float64)
-    weights = np.ones(len(target))
-    for _ in range(iterations):
-        root = np.sqrt(weights)[:, None]
-        params, *_ = np.linalg.lstsq(basis * root, target * root, rcond=None)
-        residual = np.linalg.norm(target - basis @ params, axis=1)
-        scale = max(1.4826 * float(np.median(residual)), min_scale)
-        weights = 1.0 / (1.0 + (residual / (2.385 * scale)) ** 2)
-    return (full_basis @ params).astype(np.float32)
+    """:func:`robust_motion_fit` of one ``H×W×2`` flow field (pixels) → the fitted ``H×W×2`` field."""
+    field = torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float64)).permute(2, 0, 1)[None]
+    fitted = robust_motion_fit(field, model, iterations, grid, min_scale)
+    return fitted[0].permute(1, 2, 0).numpy().astype(np.float32)
 
 
 def camera_compensated_foreground(flow: np.ndarray, model: str = "quadratic") -> np.ndarray:
