@@ -127,12 +127,8 @@ nvcc --version | tail -2; echo 'budget ${BUDGET_S} s, stages: $STAGES'" ;;
         continue
       fi
       arch=$("$PYTHON" -c "import torch; print('%d%d' % torch.cuda.get_device_capability())")
-      src="$RESULTS/scs_src"
-      rm -rf "$src" && mkdir -p "$src" && tar xzf "$SCS_SDIST" -C "$src" --strip-components 1
-      sed -i 's/-std=c++17/-std=c++20/' "$src/setup.py"
-      run scs_build.log 400 60 env GPU_ARCH="$arch" TORCH_CUDA_ARCH_LIST="${arch:0:1}.${arch:1}" \
-        MAX_JOBS=16 "$PYTHON" -m pip install --no-index --no-deps --no-build-isolation \
-        --target "$RESULTS/site" "$src"
+      run scs_build.log 400 60 env SCS_SDIST="$SCS_SDIST" GPU_ARCH="$arch" MAX_JOBS=16 PYTHON="$PYTHON" \
+        bash benchmarks/build_correlation_package.sh "$RESULTS/site"
       export PYTHONPATH="$PYTHONPATH:$RESULTS/site" ;;
     test) run pytest_cuda.log 420 60 "$PYTHON" -m pytest -q -m cuda -p no:cacheprovider tests ;;
     corr) run correlation.md 300 40 "$PYTHON" benchmarks/bench_correlation.py --device cuda --repeats 50 ;;
