@@ -406,6 +406,24 @@ def test_amp_clipping_and_periodic_evaluation(tmp_path):
     assert "scale" in load_checkpoint(fp16.checkpoint_path)["scaler"]
 
 
+def test_evaluation_does_not_change_the_training(tmp_path):
+    """An evaluator that draws from every global RNG (as building a backbone copy does) leaves
+    the run identical to one without evaluation."""
+    plain = make_trainer(tmp_path, "plain")
+    plain.fit()
+
+    def greedy_evaluator(step: int) -> dict[str, float]:
+        nn.Linear(64, 64)  # default initialisation draws from torch's RNG
+        return {"draws": float(torch.rand(()) + np.random.rand() + random.random())}
+
+    evaluated = make_trainer(tmp_path, "evaluated")
+    evaluated.evaluate, evaluated.eval_every, evaluated.eval_at_start = greedy_evaluator, 2, True
+    evaluated.fit()
+    rows = [json.loads(l) for l in (evaluated.run_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [0, 2, 4, 6]
+    assert train_losses(evaluated.run_dir) == train_losses(plain.run_dir)
+
+
 def test_bad_train_settings_are_input_errors(tmp_path):
     with pytest.raises(InputError, match="train.amp"):
         make_trainer(tmp_path, "x", amp="fp8")

@@ -420,9 +420,15 @@ class Trainer:
         if self.evaluate is not None and self.dist.is_main:
             was_training = self.model.training
             self.model.eval()
-            with torch.no_grad():
-                results = {k: float(v) for k, v in self.evaluate(self.step).items()}
-            self.model.train(was_training)
+            # evaluating must not change what training draws next (building a backbone copy
+            # initialises weights from the global RNG), so a run is the same with or without it
+            rng_state = capture_rng_state()
+            try:
+                with torch.no_grad():
+                    results = {k: float(v) for k, v in self.evaluate(self.step).items()}
+            finally:
+                restore_rng_state(rng_state)
+                self.model.train(was_training)
             if self.logger is not None:
                 self.logger.log(self.step, results, kind="eval")
         barrier()
