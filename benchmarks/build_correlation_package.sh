@@ -58,6 +58,14 @@ EOF
   [[ -n "$include" ]] || { echo "cuda_runtime.h not found (no CUDA toolkit, no nvidia-cuda-runtime wheel)" >&2; exit 2; }
   build_env=(CFLAGS="-I$include")
 else
+  if [[ -z "${CUDA_HOME:-}" ]]; then
+    # the toolkit behind the nvcc on PATH, wrapper scripts followed (torch would take the
+    # parent of a /usr/local/bin/nvcc wrapper), as densessl's own build finds it
+    CUDA_HOME="$(cd "$ROOT" && "$PYTHON" -c \
+      'from densessl.ops._jit import find_cuda_home; print(find_cuda_home() or "")')"
+    [[ -n "$CUDA_HOME" ]] || { echo "GPU_ARCH=$GPU_ARCH: no CUDA toolkit found (set CUDA_HOME)" >&2; exit 2; }
+    export CUDA_HOME PATH="$CUDA_HOME/bin:$PATH"
+  fi
   build_env=(GPU_ARCH="$GPU_ARCH" TORCH_CUDA_ARCH_LIST="${GPU_ARCH:0:1}.${GPU_ARCH:1}")
 fi
 
