@@ -20,6 +20,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TARGET="$(realpath -m "${1:-$ROOT/.scs_site}")"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 GPU_ARCH="${GPU_ARCH:-}"
+if [[ "$PYTHON" == */* ]]; then
+  # absolute (still valid after a cd) without following the venv's symlink
+  [[ -x "$PYTHON" ]] && PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")"
+fi
 [[ -x "$PYTHON" ]] || command -v "$PYTHON" >/dev/null || {
   echo "no Python with torch at $PYTHON: run 'make install' or set PYTHON" >&2; exit 2; }
 
