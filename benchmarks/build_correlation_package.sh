@@ -44,15 +44,18 @@ fi
 src="$work/src"
 mkdir -p "$src" && tar xzf "$sdist" -C "$src" --strip-components 1
 sed -i 's/-std=c++17/-std=c++20/' "$src/setup.py"
-build_env=()
+# the toolkit as densessl's own build finds it: $CUDA_HOME, else the one behind the nvcc on PATH
+# (wrapper scripts followed; torch would take the parent of a /usr/local/bin/nvcc wrapper)
+cuda_home="$(cd "$ROOT" && "$PYTHON" -c \
+  'from densessl.ops._jit import find_cuda_home; print(find_cuda_home() or "")')"
 if [[ -z "$GPU_ARCH" ]]; then
   sed -i 's/^CPU_ONLY = False/CPU_ONLY = True/' "$src/setup.py"
   # its CPU sources include c10/cuda headers all the same: point them at the CUDA runtime
   # headers of the toolkit or of the nvidia-cuda-runtime wheel that comes with torch
-  include=$("$PYTHON" - <<'EOF'
-import glob, os, site, torch.utils.cpp_extension as ext
-candidates = [os.path.join(ext.CUDA_HOME, "include")] if ext.CUDA_HOME else []
-candidates += ["/usr/local/cuda/include", *sorted(glob.glob("/usr/local/cuda-*/include"))]
+  include=$(CUDA_TOOLKIT="$cuda_home" "$PYTHON" - <<'EOF'
+import glob, os, site
+home = os.environ["CUDA_TOOLKIT"]
+candidates = [os.path.join(home, "include")] if home else []
 for base in site.getsitepackages():
     candidates += sorted(glob.glob(os.path.join(base, "nvidia", "*", "include")))
 complete = lambda d: all(os.path.isfile(os.path.join(d, f)) for f in ("cuda_runtime.h", "crt/host_config.h"))
@@ -62,14 +65,8 @@ EOF
   [[ -n "$include" ]] || { echo "cuda_runtime.h not found (no CUDA toolkit, no nvidia-cuda-runtime wheel)" >&2; exit 2; }
   build_env=(CFLAGS="-I$include")
 else
-  if [[ -z "${CUDA_HOME:-}" ]]; then
-    # the toolkit behind the nvcc on PATH, wrapper scripts followed (torch would take the
-    # parent of a /usr/local/bin/nvcc wrapper), as densessl's own build finds it
-    CUDA_HOME="$(cd "$ROOT" && "$PYTHON" -c \
-      'from densessl.ops._jit import find_cuda_home; print(find_cuda_home() or "")')"
-    [[ -n "$CUDA_HOME" ]] || { echo "GPU_ARCH=$GPU_ARCH: no CUDA toolkit found (set CUDA_HOME)" >&2; exit 2; }
-    export CUDA_HOME PATH="$CUDA_HOME/bin:$PATH"
-  fi
+  [[ -n "$cuda_home" ]] || { echo "GPU_ARCH=$GPU_ARCH: no CUDA toolkit found (set CUDA_HOME)" >&2; exit 2; }
+  export CUDA_HOME="$cuda_home" PATH="$cuda_home/bin:$PATH"
   build_env=(GPU_ARCH="$GPU_ARCH" TORCH_CUDA_ARCH_LIST="${GPU_ARCH:0:1}.${GPU_ARCH:1}")
 fi
 
