@@ -67,9 +67,9 @@ class MotionVOSNetConfig:
 
         if self.norm not in NORMS:
             raise InputError(f"model.norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
-        if self.generator_camera_fit not in ("none",) + PARAMETRIC_MOTION_MODELS:
-            raise InputError("model.generator_camera_fit must be one of none, "
-                             f"{', '.join(PARAMETRIC_MOTION_MODELS)}, got {self.generator_camera_fit!r}")
+        if self.generator_camera_fit not in GENERATOR_CAMERA_FITS:
+            raise InputError(f"model.generator_camera_fit must be one of {', '.join(GENERATOR_CAMERA_FITS)}, "
+                             f"got {self.generator_camera_fit!r}")
         if self.inpainter_context not in CONTEXT_FITS:
             raise InputError(f"model.inpainter_context must be one of {', '.join(CONTEXT_FITS)}, "
                              f"got {self.inpainter_context!r}")
@@ -88,6 +88,7 @@ class MotionVOSNetConfig:
 
 
 PARAMETRIC_MOTION_MODELS = ("affine", "quadratic")
+GENERATOR_CAMERA_FITS = ("none",) + PARAMETRIC_MOTION_MODELS
 CAMERA_FIT_MIN_SCALE = 0.1 / 80.0  # normalised flow units: 0.1 px at the reference's scale
 FLOW_STAT_FLOOR = 1e-4  # normalised flow units: 0.008 px at a width of 384 with the reference scale
 SPREAD_FLOOR_FRACTION = 0.1  # a uniform (pure translation) flow is scaled by 0.1 × its magnitude
@@ -160,8 +161,8 @@ class MaskGenerator(nn.Module):
         camera_fit: str = "none",
     ) -> None:
         super().__init__()
-        if camera_fit not in ("none",) + PARAMETRIC_MOTION_MODELS:
-            raise ValueError(f"camera_fit must be none, affine or quadratic, got {camera_fit!r}")
+        if camera_fit not in GENERATOR_CAMERA_FITS:
+            raise ValueError(f"camera_fit must be one of {', '.join(GENERATOR_CAMERA_FITS)}, got {camera_fit!r}")
         self.temperature = float(temperature)
         self.flow_norm = flow_norm
         self.camera_fit = camera_fit
