@@ -74,9 +74,31 @@ def test_further_protocols_reuse_the_features_and_match_separate_runs(tiny_davis
                               read_result_masks(tmp_path / "alone", sequence))
         differ |= not np.array_equal(shared, read_result_masks(tmp_path / "alone", sequence))
     assert differ  # the two protocols are not the same propagation
-    with pytest.raises(ValueError, match="processing size"):
-        propagate_dataset(backbone, dataset, tmp_path / "bad", crw, device="cpu", progress=False,
-                          also=[(make_config("crw", short_side=32), tmp_path / "bad_other")])
+
+
+def test_further_protocols_of_another_size_get_their_own_features(tiny_davis, tmp_path):
+    """A protocol of another processing size in ``also``: one extra pass at its own size, and the
+    PNGs of a separate run (never features of the wrong size)."""
+    dataset = DavisDataset(tiny_davis)
+    backbone = create_backbone("pixels-lab")
+    passes: list[tuple[int, ...]] = []
+    features = backbone.features
+    backbone.features = lambda x: (passes.append(tuple(x.shape)), features(x))[1]
+    native, first_only = make_config("crw"), make_config("crw", num_recent=0)
+    resized = make_config("crw", short_side=32)
+    propagate_dataset(backbone, dataset, tmp_path / "native", native, device="cpu", progress=False,
+                      also=[(resized, tmp_path / "resized"), (first_only, tmp_path / "first")])
+    sizes = {shape[-2:] for shape in passes}
+    assert sum(shape[0] for shape in passes) == 2 * sum(s.num_frames for s in dataset)
+    assert any(min(size) == 32 for size in sizes) and any(min(size) > 32 for size in sizes)
+    propagate_dataset(backbone, dataset, tmp_path / "resized_alone", resized, device="cpu",
+                      progress=False)
+    propagate_dataset(backbone, dataset, tmp_path / "first_alone", first_only, device="cpu",
+                      progress=False)
+    for sequence in dataset:
+        for shared, alone in (("resized", "resized_alone"), ("first", "first_alone")):
+            assert np.array_equal(read_result_masks(tmp_path / shared, sequence),
+                                  read_result_masks(tmp_path / alone, sequence))
 
 
 def test_a_feature_store_never_serves_features_of_another_processing_size(tiny_davis):

@@ -217,8 +217,10 @@ def propagate_dataset(
 ) -> dict[str, float]:
     """Propagate every sequence of ``dataset``, writing official-format PNGs into ``out_dir``.
 
-    ``also``: further (protocol, output folder) pairs run on the same features, computed once
-    per sequence; their protocols must give the same processing size as ``config``.
+    ``also``: further (protocol, output folder) pairs run on the same sequences. Protocols of
+    ``config``'s processing size reuse its features (one backbone pass per frame); each other
+    processing size gets one pass of its own. A sequence's features are kept until all its
+    protocols are done (memory: whole sequences' features, one set per size).
 
     Returns:
         Timing of the ``config`` pass (features included): ``frames``, ``seconds`` and
@@ -230,10 +232,6 @@ def propagate_dataset(
     with ThreadPoolExecutor(max_workers=4) as pool:
         bar = tqdm(list(dataset), desc="propagate", unit="seq", disable=not progress)
         for sequence in bar:
-            size = processing_size(*sequence.size, config)
-            if any(processing_size(*sequence.size, other) != size for other, _ in also):
-                raise ValueError("propagate_dataset(also=...): every protocol must have the "
-                                 f"processing size of config ({size[0]}×{size[1]} for {sequence.name})")
             store: dict[tuple[int, int], dict[int, Tensor]] | None = {} if also else None
             result = propagate_sequence(
                 backbone, sequence, config, device=device, out_dir=out_dir,
