@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -458,6 +459,44 @@ def test_default_config_is_the_reference_recipe_with_the_flow_normalisations_and
     assert default["model"]["epsilon_per_element"] == pytest.approx(REFERENCE_EPSILON_PER_ELEMENT)
 
 
+def test_temporal_smoothing_averages_flow_warped_neighbours_and_mends_a_dropped_frame(tiny_davis_factory, tmp_path):
+    """A square moving 2 px a frame to the right, missing from frame 3: with exact flow every
+    neighbour's map lands on the square, so frame 3 gets it back at 4/5 of the maps."""
+    from densessl.datasets.flow_cache import flow_path
+    from densessl.datasets.flow_io import write_flow
+    from densessl.video.motion_vos_eval import smooth_over_time
+
+    sequence = DavisDataset(tiny_davis_factory(year=2016, sequences=(("bear", 1),)), year=2016)[0]
+    frames, (height, width) = sequence.num_frames, sequence.size
+    square = lambda t: (slice(20, 40), slice(20 + 2 * t, 40 + 2 * t))  # noqa: E731
+    probs = np.zeros((frames, height, width), np.float32)
+    for t in range(frames):
+        probs[t][square(t)] = 1.0
+    probs[3] = 0.0
+    flows, gaps = tmp_path / "flows", (1, -1, 2, -2)
+    for gap in gaps:
+        for t in range(frames):
+            if 0 <= t + gap < frames and not (gap == -2 and t == 5):  # one flow missing
+                flow = np.zeros((height, width, 2), np.float32)
+                flow[..., 0] = 2 * gap
+                write_flow(flow_path(flows, gap, sequence.name, sequence.frame_names[t]), flow)
+
+    smoothed = smooth_over_time(sequence, probs, flows, gaps)
+    inside = np.zeros((height, width), bool)
+    for t in range(frames):
+        inside[:] = False
+        inside[square(t)] = True
+        # maps averaged: the frame itself and each gap with a flow and a frame; frame 3's map is empty
+        used = [0] + [g for g in gaps if 0 <= t + g < frames and not (g == -2 and t == 5)]
+        expected = sum(t + g != 3 for g in used) / len(used)
+        np.testing.assert_allclose(smoothed[t][inside], expected, atol=1e-6)
+        assert np.all(smoothed[t][~inside] == 0.0)
+    assert smoothed[3][square(3)].min() == pytest.approx(0.8)  # 4 of 5 maps: the square is back
+    np.testing.assert_array_equal(smooth_over_time(sequence, probs, flows, ()), probs)
+    with pytest.raises(ValueError, match="T×H×W"):
+        smooth_over_time(sequence, probs[:-1], flows, gaps)
+
+
 def test_train_then_eval_tools_end_to_end(tmp_path):
     from densessl.eval.davis_metrics import evaluate_results
     from densessl.tools.eval_motion_vos import main as eval_main
@@ -500,6 +539,13 @@ def test_train_then_eval_tools_end_to_end(tmp_path):
     assert eval_main(["--baseline", "flow-magnitude", *args, "--out", str(base)]) == 0
     assert eval_main(["--baseline", "flow-magnitude", *args, "--out", str(base)]) == 2  # not empty
     assert eval_main(["--baseline", "camera-compensated", *args, "--out", str(tmp_path / "cc")]) == 0
+    assert eval_main(["--baseline", "camera-compensated", *args, "--temporal", "--out", str(tmp_path / "cct")]) == 0
+    assert (tmp_path / "cct" / "temporal" / "global_results-val.csv").is_file()
+    assert json.loads((tmp_path / "cct" / "settings.json").read_text())["scores"].keys() == {"raw", "temporal"}
+    for sequence in DavisDataset(root, year=2017):  # --temporal leaves the raw masks as they were
+        for name in sequence.frame_names:
+            assert np.array_equal(cv2.imread(str(tmp_path / "cc" / "raw" / sequence.name / f"{name}.png")),
+                                  cv2.imread(str(tmp_path / "cct" / "raw" / sequence.name / f"{name}.png")))
     assert json.loads((tmp_path / "cc" / "settings.json").read_text())["baseline"] == "camera-compensated"
     assert eval_main(["--baseline", "flow-magnitude", *args, "--out", str(root / "inside")]) == 2
     assert eval_main(["--baseline", "flow-magnitude", *args, "--gaps", "0", "--out", str(tmp_path / "g")]) == 2

@@ -6,8 +6,10 @@ DAVIS --flow-root FLOWS --out results/cis [--flip] [--crf]``; ``--baseline flow-
 a robust camera-motion fit) scores a baseline instead of a model.
 
 Writes ``<out>/raw/<seq>/<frame>.png`` (0/255 masks in the official format) with the official
-CSVs beside them, ``<out>/crf/...`` likewise with ``--crf``, overlay strips under
-``<out>/overlays/``, and prints the raw and refined scores separately. No choice is made using
+CSVs beside them, ``<out>/temporal/...`` likewise with ``--temporal`` (flow-guided temporal
+smoothing of the probabilities), ``<out>/crf/...`` with ``--crf`` (DenseCRF of the raw
+probabilities) and ``<out>/temporal_crf/...`` with both, overlay strips of the raw masks under
+``<out>/overlays/``, and prints the raw and each refined score separately. No choice is made using
 the ground truth: it is read only to score the final masks.
 """
 
@@ -48,7 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="network input size (default 192 384, the training size)")
     parser.add_argument("--flip", action="store_true", help="also average the mirrored prediction")
     parser.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold")
-    parser.add_argument("--crf", action="store_true", help="also refine with DenseCRF (pip install 'densessl[crf]')")
+    parser.add_argument("--temporal", action="store_true",
+                        help="also smooth over time: average each frame's probabilities with those of the "
+                             "frames at --gaps, warped into it by the cached flow (scored separately, temporal/)")
+    parser.add_argument("--crf", action="store_true",
+                        help="also refine with DenseCRF (crf/; with --temporal also temporal_crf/; "
+                             "pip install 'densessl[crf]')")
     parser.add_argument("--out", required=True, help="output folder (raw/, crf/, overlays/, CSVs)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     parser.add_argument("--overlays", type=int, default=4, help="overlay frames per sequence (0: none)")
@@ -74,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         from densessl.video.davis_propagation import resolve_device
         from densessl.video.motion_vos_eval import (
             MotionPredictConfig, baseline_predictor, evaluate_predictor, load_motion_vos, model_predictor,
-            score_sequence,
+            score_sequence, smooth_over_time,
         )
 
         if not 0.0 < args.threshold < 1.0:
@@ -100,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             predictor = baseline_predictor(args.baseline)
 
-        refined_objects = []
+        refinements = (["temporal"] if args.temporal else []) + (["crf"] if args.crf else [])
+        if args.temporal and args.crf:
+            refinements.append("temporal_crf")
+        refined_objects: dict[str, list] = {kind: [] for kind in refinements}
 
         def on_sequence(sequence, probs: np.ndarray) -> None:
             masks = probs > config.threshold
@@ -109,19 +119,26 @@ def main(argv: list[str] | None = None) -> int:
             if args.overlays > 0:
                 save_overlay_strip(out / "overlays" / f"{sequence.name}.png", [sequence.frame(i) for i in picks],
                                    [masks[i].astype(np.uint8) for i in picks])
+            refined_probs = {}
+            if args.temporal:
+                refined_probs["temporal"] = smooth_over_time(sequence, probs, flow_root, gaps)
             if args.crf:
                 from densessl.eval.crf import refine_foreground
 
-                refined = np.stack([
-                    refine_foreground(sequence.frame(t), probs[t]) > 0.5 for t in range(sequence.num_frames)
-                ])
-                _write_masks(out / "crf", sequence, refined)
-                refined_objects.extend(score_sequence(sequence, refined))
+                for kind, source in (("crf", probs), ("temporal_crf", refined_probs.get("temporal"))):
+                    if source is not None:
+                        refined_probs[kind] = np.stack([refine_foreground(sequence.frame(t), source[t])
+                                                        for t in range(sequence.num_frames)])
+            for kind, refined in refined_probs.items():
+                # CRF outputs are thresholded at 0.5 (a two-label posterior), the others at --threshold
+                refined_masks = refined > (0.5 if kind.endswith("crf") else config.threshold)
+                _write_masks(out / kind, sequence, refined_masks)
+                refined_objects[kind].extend(score_sequence(sequence, refined_masks))
 
         scores = evaluate_predictor(dataset, flow_root, predictor, config, on_sequence=on_sequence, progress=True)
         results = {"raw": scores}
-        if args.crf:
-            results["crf"] = DavisScores(refined_objects)
+        for kind in refinements:
+            results[kind] = DavisScores(refined_objects[kind])
         summary = {}
         for kind, result in results.items():
             result.task, result.year, result.split = "unsupervised", dataset.year, args.split
@@ -132,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = {
             "checkpoint": args.checkpoint, "baseline": args.baseline, "davis_root": args.davis_root,
             "year": dataset.year, "split": args.split, "flow_root": str(flow_root), "gaps": list(gaps),
-            "size": list(args.size), "flip": args.flip, "threshold": args.threshold, "scores": summary,
+            "size": list(args.size), "flip": args.flip, "threshold": args.threshold,
+            "temporal": args.temporal, "crf": args.crf, "scores": summary,
         }
         (out / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
         return 0

@@ -1,7 +1,8 @@
 """Predict a foreground mask for every frame of DAVIS-style sequences and score them.
 
 A frame's prediction averages the oriented probabilities of every gap with cached flow (and of
-the mirrored input with ``flip``). Scores follow the DAVIS-2016 unsupervised protocol (one merged
+the mirrored input with ``flip``); :func:`smooth_over_time` optionally averages each frame's map
+with its neighbours' maps, warped into it by the flow. Scores follow the DAVIS-2016 unsupervised protocol (one merged
 foreground per frame, J and F per sequence, first and last frames not scored). Nothing here looks
 at the ground truth before the masks are final.
 """
@@ -24,6 +25,7 @@ from densessl.eval.davis_metrics import DavisScores, evaluate_sequence_masks
 from densessl.video.motion_vos import (
     MotionVOSModel, camera_compensated_foreground, flow_magnitude_foreground, predict_foreground,
 )
+from densessl.video.optical_flow import warp_by_flow
 
 
 @dataclass
@@ -81,6 +83,35 @@ def predict_sequence(
             )
         probs[t] = np.mean(predictions, axis=0)
     return probs
+
+
+def smooth_over_time(
+    sequence: DavisSequence,
+    probs: np.ndarray,
+    flow_root: str | os.PathLike,
+    gaps: Sequence[int] = (1, -1, 2, -2),
+) -> np.ndarray:
+    """Flow-guided temporal smoothing of ``T×H×W`` foreground probabilities.
+
+    Frame t's map is averaged, with equal weights, with the maps of frames t+g brought into frame
+    t by the cached flow t → t+g (:func:`warp_by_flow`), for every gap g whose flow is cached and
+    whose frame exists; near the ends of a sequence fewer maps are averaged. Uses nothing but the
+    predictions and the flow.
+    """
+    if probs.ndim != 3 or probs.shape[0] != sequence.num_frames:
+        raise ValueError(f"probs must be T×H×W with T = {sequence.num_frames}, got {probs.shape}")
+    names = sequence.frame_names
+    smoothed = np.empty_like(probs, dtype=np.float32)
+    for t in range(sequence.num_frames):
+        total, count = probs[t].astype(np.float32), 1
+        for gap in gaps:
+            path = find_flow(flow_root, gap, sequence.name, names[t])
+            if path is None or not 0 <= t + gap < sequence.num_frames:
+                continue
+            total = total + warp_by_flow(probs[t + gap], read_flow(path))
+            count += 1
+        smoothed[t] = total / count
+    return smoothed
 
 
 def score_sequence(sequence: DavisSequence, masks: np.ndarray) -> list:

@@ -62,6 +62,26 @@ def dis_flow(
     return dis.calc(gray0, gray1, None).astype(np.float32, copy=False)
 
 
+def warp_by_flow(values: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """Backward warping: ``values`` (``H×W`` or ``H×W×C``, float) sampled at ``x + flow(x)``.
+
+    With the flow from frame t to frame s, this brings frame s's values (a probability map, an
+    image) into frame t: pixel x of frame t takes the value that its match in frame s has.
+    Bilinear; matches outside frame s take the nearest border value. Returns float32 of
+    ``values``' shape.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    flow = np.asarray(flow, dtype=np.float32)
+    if values.ndim not in (2, 3) or flow.shape != (*values.shape[:2], 2):
+        raise ValueError(f"expected values H×W[×C] and flow H×W×2 of the same H×W, got "
+                         f"{values.shape} and {flow.shape}")
+    height, width = values.shape[:2]
+    map_x = flow[..., 0] + np.arange(width, dtype=np.float32)[None, :]
+    map_y = flow[..., 1] + np.arange(height, dtype=np.float32)[:, None]
+    warped = cv2.remap(values, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return warped.reshape(values.shape)
+
+
 def compute_sequence_flows(
     frames: Sequence[np.ndarray],
     gaps: Sequence[int] = DEFAULT_GAPS,
