@@ -164,7 +164,7 @@ tools/train_motion_vos.py --config configs/motion_vos.yaml data.davis_root=$DAVI
 data.flow_root=$RUNS/flows data.split=val model.cap_ratio=$cap train.max_minutes=$REAL_MINUTES \
 train.amp=bf16 train.num_workers=12 train.out_dir=$RUNS train.name=$stage train.progress=false \
 --overwrite && $PYTHON tools/eval_motion_vos.py --checkpoint $RUNS/$stage/checkpoints/motion_vos.pt \
---davis-root $DAVIS --flow-root $RUNS/flows --out $RUNS/$stage-eval --overwrite" ;;
+--davis-root $DAVIS --flow-root $RUNS/flows --out $RUNS/$stage-eval --overwrite --temporal" ;;
     *) echo "unknown stage '$stage' (expected env build scs test corr crw vos prop crw-compile" \
             "crw-real crw-real-roi vos-real vos-real-nocap)" >&2
        exit 2 ;;
