@@ -495,6 +495,9 @@ def test_temporal_smoothing_averages_flow_warped_neighbours_and_mends_a_dropped_
     np.testing.assert_array_equal(smooth_over_time(sequence, probs, flows, ()), probs)
     with pytest.raises(ValueError, match="T×H×W"):
         smooth_over_time(sequence, probs[:-1], flows, gaps)
+    write_flow(flow_path(flows, 1, sequence.name, sequence.frame_names[0]), np.zeros((8, 8, 2), np.float32))
+    with pytest.raises(InputError, match="flow of size 8×8"):
+        smooth_over_time(sequence, probs, flows, gaps)
 
 
 def test_train_then_eval_tools_end_to_end(tmp_path):

@@ -2,9 +2,9 @@
 
 A frame's prediction averages the oriented probabilities of every gap with cached flow (and of
 the mirrored input with ``flip``); :func:`smooth_over_time` optionally averages each frame's map
-with its neighbours' maps, warped into it by the flow. Scores follow the DAVIS-2016 unsupervised protocol (one merged
-foreground per frame, J and F per sequence, first and last frames not scored). Nothing here looks
-at the ground truth before the masks are final.
+with its neighbours' maps, warped into it by the flow. Scores follow the DAVIS-2016 unsupervised
+protocol (one merged foreground per frame, J and F per sequence, first and last frames not
+scored). Nothing here looks at the ground truth before the masks are final.
 """
 
 from __future__ import annotations
@@ -108,7 +108,11 @@ def smooth_over_time(
             path = find_flow(flow_root, gap, sequence.name, names[t])
             if path is None or not 0 <= t + gap < sequence.num_frames:
                 continue
-            total = total + warp_by_flow(probs[t + gap], read_flow(path))
+            flow = read_flow(path)
+            if flow.shape[:2] != probs.shape[1:]:
+                raise InputError(f"flow of size {flow.shape[0]}×{flow.shape[1]} for frames of size "
+                                 f"{probs.shape[1]}×{probs.shape[2]}", path)
+            total = total + warp_by_flow(probs[t + gap], flow)
             count += 1
         smoothed[t] = total / count
     return smoothed
