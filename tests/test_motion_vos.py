@@ -496,8 +496,11 @@ def test_temporal_smoothing_averages_flow_warped_neighbours_and_mends_a_dropped_
     with pytest.raises(ValueError, match="T×H×W"):
         smooth_over_time(sequence, probs[:-1], flows, gaps)
     write_flow(flow_path(flows, 1, sequence.name, sequence.frame_names[0]), np.zeros((8, 8, 2), np.float32))
-    with pytest.raises(InputError, match="flow of size 8×8"):
+    with pytest.raises(InputError, match="flow size 8x8 differs from the frame size 96x64"):
         smooth_over_time(sequence, probs, flows, gaps)
+    from densessl.video.motion_vos_eval import baseline_predictor, predict_sequence
+    with pytest.raises(InputError, match="flow size 8x8 differs from the frame size 96x64"):
+        predict_sequence(sequence, flows, baseline_predictor("flow-magnitude"), gaps)
 
 
 def test_train_then_eval_tools_end_to_end(tmp_path):

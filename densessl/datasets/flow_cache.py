@@ -91,3 +91,16 @@ def read_cached_flow(flow_root: str | os.PathLike, gap: int, sequence: str, fram
             flow_path(flow_root, gap, sequence, frame_name),
         )
     return read_flow(path)
+
+
+def read_frame_flow(path: str | os.PathLike, frame_size: tuple[int, int]) -> np.ndarray:
+    """``H×W×2`` float32 flow of a frame of size ``frame_size = (H, W)``; InputError naming the
+    file when the flow has another size."""
+    flow = read_flow(path)
+    if flow.shape[:2] != tuple(frame_size):
+        raise InputError(
+            f"flow size {flow.shape[1]}x{flow.shape[0]} differs from the frame size "
+            f"{frame_size[1]}x{frame_size[0]}",
+            path,
+        )
+    return flow

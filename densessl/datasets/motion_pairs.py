@@ -20,8 +20,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from densessl.datasets.davis import DavisDataset
-from densessl.datasets.flow_cache import find_flow, flow_path, gap_folder
-from densessl.datasets.flow_io import read_flow
+from densessl.datasets.flow_cache import find_flow, flow_path, gap_folder, read_frame_flow
 from densessl.errors import InputError
 
 
@@ -145,14 +144,7 @@ class MotionPairDataset(Dataset):
         sequence = self.sequences[sequence_index]
         t, gap, path = self.pairs[sequence_index][pair_index]
         image = sequence.frame(t)
-        flow = read_flow(path)
-        if flow.shape[:2] != image.shape[:2]:
-            raise InputError(
-                f"flow size {flow.shape[1]}x{flow.shape[0]} differs from the frame size "
-                f"{image.shape[1]}x{image.shape[0]}",
-                path,
-            )
-        return image, flow, gap
+        return image, read_frame_flow(path, image.shape[:2]), gap
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Tensor]:
         sequence_index, pair_index = key

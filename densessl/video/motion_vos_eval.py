@@ -18,8 +18,7 @@ import numpy as np
 import torch
 
 from densessl.datasets.davis import DavisDataset, DavisSequence
-from densessl.datasets.flow_cache import find_flow, flow_path, gap_folder
-from densessl.datasets.flow_io import read_flow
+from densessl.datasets.flow_cache import find_flow, flow_path, gap_folder, read_frame_flow
 from densessl.errors import InputError
 from densessl.eval.davis_metrics import DavisScores, evaluate_sequence_masks
 from densessl.video.motion_vos import (
@@ -74,7 +73,7 @@ def predict_sequence(
         for gap in gaps:
             path = find_flow(flow_root, gap, sequence.name, names[t])
             if path is not None:
-                predictions.append(predictor(image, read_flow(path)))
+                predictions.append(predictor(image, read_frame_flow(path, (height, width))))
         if not predictions:
             raise InputError(
                 f"no cached flow for frame {names[t]} of '{sequence.name}' with gaps "
@@ -105,14 +104,12 @@ def smooth_over_time(
     for t in range(sequence.num_frames):
         total, count = probs[t].astype(np.float32), 1
         for gap in gaps:
-            path = find_flow(flow_root, gap, sequence.name, names[t])
-            if path is None or not 0 <= t + gap < sequence.num_frames:
+            if not 0 <= t + gap < sequence.num_frames:
                 continue
-            flow = read_flow(path)
-            if flow.shape[:2] != probs.shape[1:]:
-                raise InputError(f"flow of size {flow.shape[0]}×{flow.shape[1]} for frames of size "
-                                 f"{probs.shape[1]}×{probs.shape[2]}", path)
-            total = total + warp_by_flow(probs[t + gap], flow)
+            path = find_flow(flow_root, gap, sequence.name, names[t])
+            if path is None:
+                continue
+            total = total + warp_by_flow(probs[t + gap], read_frame_flow(path, probs.shape[1:]))
             count += 1
         smoothed[t] = total / count
     return smoothed
