@@ -25,7 +25,8 @@ from densessl.engine.distributed import DistInfo, cleanup_distributed, init_dist
 from densessl.engine.schedules import cosine_schedule, lr_factor
 from densessl.engine.seed import capture_rng_state, restore_rng_state, seed_everything
 from densessl.engine.trainer import (
-    EpochChain, TrainConfig, Trainer, configure_cudnn, prepare_run_dir, resolve_amp, resolve_channels_last,
+    EpochChain, MetricWindow, TrainConfig, Trainer, configure_cudnn, prepare_run_dir, resolve_amp,
+    resolve_channels_last,
 )
 from densessl.errors import InputError
 from densessl.video.crw import CRW
@@ -122,6 +123,19 @@ def test_cudnn_benchmark_is_set_for_cuda_devices_only(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------- schedules
+def test_metric_window_means_and_where_it_sums():
+    window = MetricWindow()
+    for step in range(4):
+        window.add({"loss": torch.tensor(float(step)), "lr": 0.5 * step, "flag": torch.tensor(step % 2 == 0)})
+    assert window.steps == 4
+    assert window.means() == pytest.approx({"loss": 1.5, "lr": 0.75, "flag": 0.5})
+    # a metric already on an accelerator is summed there, a host value is never moved to it
+    accelerated = MetricWindow()
+    accelerated.add({"loss": torch.ones((), device="meta"), "lr": 1e-3, "flag": torch.tensor(1.0)})
+    assert accelerated.device_sums["loss"].device.type == "meta"
+    assert accelerated.host_sums == {"lr": 1e-3, "flag": 1.0}
+
+
 def test_step_schedule_drops_at_eighty_percent():
     factors = [lr_factor(s, 25, "step", [0.8], 0.3) for s in range(25)]
     assert factors[:20] == [1.0] * 20 and factors[20:] == pytest.approx([0.3] * 5)

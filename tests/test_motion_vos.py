@@ -129,12 +129,27 @@ def test_unet_keeps_odd_sizes():
     assert net(torch.randn(2, 5, 37, 53)).shape == (2, 2, 37, 53)
 
 
+def test_step_counter_is_saved_and_old_checkpoints_load():
+    model = MotionVOSModel(MotionVOSNetConfig(**TINY_NET))
+    model.steps_done = 7
+    state = model.state_dict()
+    restored = MotionVOSModel(MotionVOSNetConfig(**TINY_NET))
+    restored.load_state_dict(state)
+    assert restored.steps_done == 7
+    # checkpoints written when the counter was a buffer named steps_done
+    legacy = {k: v for k, v in state.items() if k != "_extra_state"}
+    legacy["steps_done"] = torch.tensor(11)
+    restored.load_state_dict(legacy)
+    assert restored.steps_done == 11
+    assert model.to(torch.float64).steps_done == 7  # not a tensor: moving the model leaves it alone
+
+
 def test_schedule_and_which_network_gets_gradients():
     model = MotionVOSModel(MotionVOSNetConfig(**TINY_NET, generator_steps=3, inpainter_warmup_steps=2))
     assert [model.is_inpainter_step(s) for s in range(10)] == [True, True, False, False, False, True,
                                                                False, False, False, True]
     batch = {"image": torch.rand(2, 3, 24, 32), "flow": torch.randn(2, 2, 24, 32)}
-    model.steps_done.fill_(2)  # a generator step
+    model.steps_done = 2  # a generator step
     loss, metrics = model(batch)
     loss.backward()
     assert all(p.grad is None for p in model.inpainter.parameters())
@@ -142,7 +157,7 @@ def test_schedule_and_which_network_gets_gradients():
     assert all(p.requires_grad for p in model.inpainter.parameters())
     assert int(model.steps_done) == 3 and metrics["inpainter_step"] == 0
     model.zero_grad(set_to_none=True)
-    model.steps_done.fill_(5)  # an inpainter step
+    model.steps_done = 5  # an inpainter step
     loss, metrics = model(batch)
     loss.backward()
     assert all(p.grad is None for p in model.generator.parameters())

@@ -203,6 +203,39 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
 
 
+class MetricWindow:
+    """Sums of the scalar metrics of the steps since the last log line, kept where they are made.
+
+    A metric that is a tensor on an accelerator is summed there: adding it only queues
+    work. Host values (floats such as the lr, CPU tensors) are summed on the host. Moving a host
+    tensor to a CUDA device from pageable memory waits for the GPU to finish everything queued,
+    which, once per step, would take away the overlap of the host's kernel launches with the GPU.
+    """
+
+    def __init__(self) -> None:
+        self.device_sums: dict[str, Tensor] = {}
+        self.host_sums: dict[str, float] = {}
+        self.steps = 0
+
+    def add(self, metrics: dict[str, Tensor | float]) -> None:
+        for key, value in metrics.items():
+            if isinstance(value, Tensor) and value.device.type != "cpu":
+                value = value.detach().float()
+                self.device_sums[key] = self.device_sums[key] + value if key in self.device_sums else value
+            else:
+                self.host_sums[key] = self.host_sums.get(key, 0.0) + float(value)
+        self.steps += 1
+
+    def means(self) -> dict[str, float]:
+        """Per-step means of every metric (one device-to-host transfer for all device sums)."""
+        values = {k: v / self.steps for k, v in self.host_sums.items()}
+        if self.device_sums:
+            keys = list(self.device_sums)
+            sums = torch.stack([self.device_sums[k].reshape(()) for k in keys]).tolist()
+            values.update({k: v / self.steps for k, v in zip(keys, sums)})
+        return values
+
+
 def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, Tensor):
         return batch.to(device, non_blocking=True)
@@ -397,7 +430,7 @@ class Trainer:
             group["lr"] = group["base_lr"] * factor
         return self.optimizer.param_groups[0]["lr"]
 
-    def _train_step(self, batch: Any) -> dict[str, Tensor]:
+    def _train_step(self, batch: Any) -> dict[str, Tensor | float]:
         cfg = self.cfg
         lr = self._set_lr()
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
@@ -410,9 +443,9 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        metrics = dict(metrics)
+        metrics: dict[str, Tensor | float] = dict(metrics)
         metrics.setdefault("loss", loss.detach())
-        metrics["lr"] = torch.tensor(lr)
+        metrics["lr"] = lr
         return metrics
 
     def _run_eval(self) -> dict[str, float]:
@@ -498,8 +531,7 @@ class Trainer:
             self.session_start = self.clock()
         (self._elapsed_all_ranks,) = max_over_ranks([self.elapsed_s()], self.device)
         session_steps = 0
-        window: dict[str, Tensor] = {}
-        window_steps = 0
+        window = MetricWindow()
         window_start = self.clock()
         progress = None
         if self.dist.is_main and cfg.progress:
@@ -518,26 +550,23 @@ class Trainer:
                 self.step += 1
                 self.batch_in_epoch += 1
                 session_steps += 1
-                window_steps += 1
-                for key, value in metrics.items():
-                    value = value.detach().float().to(self.device)
-                    window[key] = window[key] + value if key in window else value
+                window.add(metrics)
                 if progress is not None:
                     progress.update(1)
 
                 last_step = self.step == self.total_steps
                 if self.step % cfg.log_every == 0 or last_step:
                     elapsed = self.clock() - window_start
-                    values = all_reduce_mean({k: (v / window_steps).item() for k, v in window.items()}, self.device)
+                    values = all_reduce_mean(window.means(), self.device)
                     if not math.isfinite(values.get("loss", 0.0)):
                         raise RuntimeError(f"the loss is not finite at step {self.step}: {values['loss']}")
                     values["epoch"] = self.epoch
-                    values["samples_per_s"] = window_steps * cfg.batch_size / max(elapsed, 1e-9)
+                    values["samples_per_s"] = window.steps * cfg.batch_size / max(elapsed, 1e-9)
                     self.logger.log(self.step, values)
                     result.train_metrics = values
                     if progress is not None:
                         progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}")
-                    window, window_steps, window_start = {}, 0, self.clock()
+                    window, window_start = MetricWindow(), self.clock()
 
                 if self.eval_every > 0 and self.step % self.eval_every == 0 and not last_step:
                     result.eval_metrics = self._run_eval()

@@ -257,13 +257,21 @@ def _set_requires_grad(module: nn.Module, flag: bool) -> None:
         param.requires_grad_(flag)
 
 
+def _rename_legacy_step_counter(module: nn.Module, state_dict: dict, prefix: str, *_args) -> None:
+    """Checkpoints written when the step counter was a buffer keep it under ``steps_done``."""
+    legacy = state_dict.pop(prefix + "steps_done", None)
+    if legacy is not None and prefix + "_extra_state" not in state_dict:
+        state_dict[prefix + "_extra_state"] = legacy
+
+
 class MotionVOSModel(nn.Module):
     """Generator + inpainter with the CIS adversarial schedule; ``forward(batch) -> (loss, metrics)``.
 
-    ``batch``: ``{"image": B×3×H×W in [0, 1], "flow": B×2×H×W pixels}``. The step counter is a
-    buffer, so the schedule survives checkpoints. In a generator step the inpainter's weights are
-    taken out of the graph (their gradients stay None, so the optimizer leaves them alone); in an
-    inpainter step the mask is computed without gradients.
+    ``batch``: ``{"image": B×3×H×W in [0, 1], "flow": B×2×H×W pixels}``. The step counter
+    (``steps_done``, a host int) is saved in the state dict, so the schedule survives
+    checkpoints. In a generator step the inpainter's weights are taken out of the graph (their
+    gradients stay None, so the optimizer leaves them alone); in an inpainter step the mask is
+    computed without gradients.
     """
 
     def __init__(self, config: MotionVOSNetConfig | None = None) -> None:
@@ -276,7 +284,16 @@ class MotionVOSModel(nn.Module):
         self.inpainter = FlowInpainter(cfg.inpainter_widths, cfg.dilations, cfg.norm, cfg.inpainter_context)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+        # the schedule's step counter lives on the host (a buffer on a GPU would be read back, and
+        # the host would wait for the GPU, at every step); it is saved as the module's extra state
+        self.steps_done = 0
+        self.register_load_state_dict_pre_hook(_rename_legacy_step_counter)
+
+    def get_extra_state(self) -> Tensor:
+        return torch.tensor(self.steps_done, dtype=torch.long)
+
+    def set_extra_state(self, state: Tensor) -> None:
+        self.steps_done = int(state)
 
     def normalize(self, image: Tensor, flow: Tensor) -> tuple[Tensor, Tensor]:
         """Image → ImageNet-normalised; flow (pixels) → flow / (flow_scale × width); both resized
@@ -301,6 +318,14 @@ class MotionVOSModel(nn.Module):
             return True
         return (step - cfg.inpainter_warmup_steps) % (cfg.generator_steps + 1) == cfg.generator_steps
 
+    @torch.compiler.disable  # under torch.compile, a counter in the graph would recompile each step
+    def _advance_schedule(self) -> bool:
+        """Whether this call trains the inpainter; a call in training mode counts a step."""
+        inpainter_step = self.is_inpainter_step(self.steps_done)
+        if self.training:
+            self.steps_done += 1
+        return inpainter_step
+
     def _reconstruct(self, image: Tensor, flow: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The inpainter calls of the loss in one batch (the image is encoded once): inside the
         mask, inside its complement, and (``normalizer='image_only'``) with no flow at all."""
@@ -323,9 +348,7 @@ class MotionVOSModel(nn.Module):
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         image, flow = self.normalize(batch["image"], batch["flow"])
-        inpainter_step = self.is_inpainter_step(int(self.steps_done))
-        if self.training:
-            self.steps_done += 1
+        inpainter_step = self._advance_schedule()
         if inpainter_step:
             with torch.no_grad():
                 mask = self.generator.mask(self.generator(image, flow))
