@@ -435,7 +435,8 @@ class Trainer:
         lr = self._set_lr()
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
         with torch.autocast(self.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            loss, metrics = self.train_model(batch)
+            loss, model_metrics = self.train_model(batch)
+        metrics: dict[str, Tensor | float] = {"loss": loss.detach(), **model_metrics}
         self.scaler.scale(loss).backward()
         if cfg.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
@@ -443,8 +444,6 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        metrics: dict[str, Tensor | float] = dict(metrics)
-        metrics.setdefault("loss", loss.detach())
         metrics["lr"] = lr
         return metrics
 
