@@ -282,6 +282,19 @@ def test_resume_continues_exactly(tmp_path):
     assert yaml.safe_load((part.run_dir / "config.yaml").read_text())["train"]["name"] == "part"
 
 
+def test_trainer_calls_the_models_after_step_hook_once_per_step_after_the_update(tmp_path):
+    trainer = make_trainer(tmp_path, "hook")
+    seen = []
+
+    def after_optimizer_step():  # the optimizer has stepped and cleared the gradients
+        seen.append((trainer.optimizer.state[first]["step"].item(), first.grad))
+
+    first = next(trainer.model.parameters())
+    trainer.model.after_optimizer_step = after_optimizer_step
+    trainer.fit()
+    assert seen == [(float(n), None) for n in range(1, 7)]
+
+
 def test_epoch_chain_runs_whole_batches_of_each_epoch_back_to_back():
     import itertools
 

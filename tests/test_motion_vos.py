@@ -144,6 +144,56 @@ def test_step_counter_is_saved_and_old_checkpoints_load():
     assert model.to(torch.float64).steps_done == 7  # not a tensor: moving the model leaves it alone
 
 
+def test_generator_average_follows_generator_steps_and_makes_the_predictions():
+    from densessl.engine.trainer import TrainConfig, build_optimizer
+    from densessl.models.ema import warmed_up_decay
+
+    torch.manual_seed(0)
+    model = MotionVOSModel(MotionVOSNetConfig(**TINY_NET, generator_steps=2, inpainter_warmup_steps=1,
+                                              generator_ema=0.5))
+    for step in range(12):  # the closed form against counting
+        assert model.generator_steps_before(step) == sum(not model.is_inpainter_step(s) for s in range(step))
+    optimizer = build_optimizer(model, TrainConfig(lr=1e-2))
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert not optimized & {id(p) for p in model.generator_ema.parameters()}
+    expected = {k: v.clone() for k, v in model.generator_ema.state_dict().items()}
+    updates = 0
+    batch = {"image": torch.rand(2, 3, 24, 32), "flow": torch.randn(2, 2, 24, 32)}
+    model.train()
+    for step in range(7):  # inpainter, generator, generator, inpainter, ...
+        loss, metrics = model(batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        before = {k: v.clone() for k, v in model.generator_ema.state_dict().items()}
+        model.after_optimizer_step()
+        after = model.generator_ema.state_dict()
+        if metrics["inpainter_step"] == 1:
+            assert all(torch.equal(after[k], before[k]) for k in after)
+            continue
+        decay = warmed_up_decay(0.5, updates)
+        updates += 1
+        for key, value in model.generator.state_dict().items():
+            if value.is_floating_point():
+                expected[key] = decay * expected[key] + (1 - decay) * value
+            else:
+                expected[key] = value.clone()
+            torch.testing.assert_close(after[key], expected[key])
+    assert updates == 4
+    assert not all(torch.equal(a, b) for a, b in zip(model.generator_ema.parameters(), model.generator.parameters()))
+    model.eval()
+    assert model.inference_generator is model.generator_ema
+    image, flow = model.normalize(batch["image"], batch["flow"])
+    torch.testing.assert_close(model.foreground_logits(batch["image"], batch["flow"]), model.generator_ema(image, flow))
+    restored = MotionVOSModel(model.config)
+    restored.load_state_dict(model.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(restored.generator_ema.state_dict().values(), after.values()))
+    plain = MotionVOSModel(MotionVOSNetConfig(**TINY_NET))
+    assert plain.generator_ema is None and plain.inference_generator is plain.generator
+    with pytest.raises(InputError, match="model.generator_ema"):
+        MotionVOSNetConfig(generator_ema=1.0).validate()
+
+
 def test_schedule_and_which_network_gets_gradients():
     model = MotionVOSModel(MotionVOSNetConfig(**TINY_NET, generator_steps=3, inpainter_warmup_steps=2))
     assert [model.is_inpainter_step(s) for s in range(10)] == [True, True, False, False, False, True,

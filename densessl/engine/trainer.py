@@ -251,6 +251,8 @@ class Trainer:
 
     Args:
         model: ``forward(batch) -> (loss, metrics)``; metrics are scalar tensors (detached).
+            A model with an ``after_optimizer_step()`` method has it called after every
+            optimizer step (moving averages of weights, momentum encoders).
         dataset, sampler, collate_fn: the data; the sampler yields this rank's keys and is
             resumable (``set_epoch``, ``state_dict``, ``load_state_dict``).
         dist: this process (see :func:`densessl.engine.distributed.init_distributed`).
@@ -444,6 +446,9 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        after_step = getattr(self.model, "after_optimizer_step", None)
+        if after_step is not None:  # e.g. moving averages of weights
+            after_step()
         metrics["lr"] = lr
         return metrics
 

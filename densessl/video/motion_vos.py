@@ -17,6 +17,7 @@ by 80 at a width of 384: ``flow_scale = 80 / 384``).
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 
 from densessl.datasets.motion_pairs import resize_flow, resize_image
 from densessl.losses.cis import REFERENCE_EPSILON_PER_ELEMENT, cis_terms
+from densessl.models.ema import update_ema_, warmed_up_decay
 from densessl.models.unet import Decoder, DilatedBottleneck, Encoder, UNet
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -59,6 +61,7 @@ class MotionVOSNetConfig:
     generator_camera_fit: str = "none"  # none | affine | quadratic: the generator sees the flow minus a robust camera fit
     inpainter_context: str = "mean"  # none (reference) | mean | affine: the fit of the visible flow the inpainter corrects
     min_hidden_fraction: float = 0.0  # hard_context: each call hides at least this fraction (its likeliest pixels)
+    generator_ema: float = 0.0  # > 0: predict with an exponential moving average of the generator's weights (this decay)
 
     def validate(self) -> None:
         """InputError naming the first bad setting (as ``model.<key>``)."""
@@ -78,6 +81,8 @@ class MotionVOSNetConfig:
         for key in ("generator_steps", "input_stride"):
             if getattr(self, key) < 1:
                 raise InputError(f"model.{key} must be >= 1, got {getattr(self, key)}")
+        if not 0.0 <= self.generator_ema < 1.0:
+            raise InputError(f"model.generator_ema must lie in [0, 1) (0: off), got {self.generator_ema}")
         if not 0.0 <= self.min_hidden_fraction < 1.0:
             raise InputError(f"model.min_hidden_fraction must lie in [0, 1), got {self.min_hidden_fraction}")
         for key in ("mask_temperature", "flow_scale", "epsilon_per_element"):
@@ -272,6 +277,11 @@ class MotionVOSModel(nn.Module):
     checkpoints. In a generator step the inpainter's weights are taken out of the graph (their
     gradients stay None, so the optimizer leaves them alone); in an inpainter step the mask is
     computed without gradients.
+
+    With ``generator_ema > 0`` a copy of the generator (``generator_ema``, never trained, saved in
+    the state dict) follows an exponential moving average of its weights, updated after every
+    generator step (:meth:`after_optimizer_step`, called by the trainer), and predictions
+    (:meth:`foreground_logits`, :attr:`inference_generator`) use it.
     """
 
     def __init__(self, config: MotionVOSNetConfig | None = None) -> None:
@@ -282,6 +292,11 @@ class MotionVOSModel(nn.Module):
         self.generator = MaskGenerator(cfg.generator_widths, cfg.dilations, cfg.norm, cfg.mask_temperature,
                                        cfg.generator_flow_norm, cfg.generator_camera_fit)
         self.inpainter = FlowInpainter(cfg.inpainter_widths, cfg.dilations, cfg.norm, cfg.inpainter_context)
+        self.generator_ema: MaskGenerator | None = None
+        if cfg.generator_ema > 0:
+            # requires_grad False: the optimizer (and DDP) leave the average alone
+            self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
+        self._trained_generator = False  # whether the last training call was a generator step
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         # the schedule's step counter lives on the host (a buffer on a GPU would be read back, and
@@ -307,10 +322,32 @@ class MotionVOSModel(nn.Module):
             flow = F.interpolate(flow, size=size, mode="bilinear", align_corners=False, antialias=True)
         return image, flow
 
+    @property
+    def inference_generator(self) -> MaskGenerator:
+        """The generator that predictions use: the moving average when there is one."""
+        return self.generator if self.generator_ema is None else self.generator_ema
+
     def foreground_logits(self, image: Tensor, flow: Tensor) -> Tensor:
-        """Generator logits from raw inputs (image in [0, 1], flow in pixels), at 1/input_stride."""
+        """Logits of :attr:`inference_generator` from raw inputs (image in [0, 1], flow in
+        pixels), at 1/input_stride."""
         image, flow = self.normalize(image, flow)
-        return self.generator(image, flow)
+        return self.inference_generator(image, flow)
+
+    def generator_steps_before(self, step: int) -> int:
+        """How many of the steps ``0 .. step−1`` train the generator."""
+        cfg = self.config
+        adversarial = max(0, step - cfg.inpainter_warmup_steps)
+        cycles, rest = divmod(adversarial, cfg.generator_steps + 1)
+        return cycles * cfg.generator_steps + min(rest, cfg.generator_steps)
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        """After the optimizer has stepped: fold a generator step's new weights into the average."""
+        if self.generator_ema is None or not self._trained_generator:
+            return
+        # the counter has already counted this step; the warm-up counts the earlier updates
+        updates = self.generator_steps_before(self.steps_done) - 1
+        update_ema_(self.generator_ema, self.generator, warmed_up_decay(self.config.generator_ema, updates))
 
     def is_inpainter_step(self, step: int) -> bool:
         cfg = self.config
@@ -324,6 +361,7 @@ class MotionVOSModel(nn.Module):
         inpainter_step = self.is_inpainter_step(self.steps_done)
         if self.training:
             self.steps_done += 1
+            self._trained_generator = not inpainter_step
         return inpainter_step
 
     def _reconstruct(self, image: Tensor, flow: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -428,7 +466,7 @@ def predict_foreground(
         inputs.append((img.flip(-1), mirrored))
     predictions = []
     for k, (x, u) in enumerate(inputs):
-        mask = model.generator.mask(model.foreground_logits(x, u))
+        mask = model.inference_generator.mask(model.foreground_logits(x, u))
         if k == 1:
             mask = mask.flip(-1)
         mask = F.interpolate(mask, size=(height, width), mode="bilinear", align_corners=False)
