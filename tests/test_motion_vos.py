@@ -194,6 +194,34 @@ def test_generator_average_follows_generator_steps_and_makes_the_predictions():
         MotionVOSNetConfig(generator_ema=1.0).validate()
 
 
+def test_loading_picks_the_average_or_the_trained_generator(tmp_path):
+    from dataclasses import asdict
+
+    from densessl.engine.checkpoint import save_checkpoint
+    from densessl.tools.eval_motion_vos import build_parser
+    from densessl.video.motion_vos_eval import load_motion_vos
+
+    torch.manual_seed(0)
+    model = MotionVOSModel(MotionVOSNetConfig(**TINY_NET, generator_ema=0.99))
+    with torch.no_grad():  # an average that differs from the trained weights
+        for p in model.generator_ema.parameters():
+            p.add_(torch.randn_like(p))
+    path = tmp_path / "motion_vos.pt"
+    save_checkpoint({"net_config": asdict(model.config), "state_dict": model.state_dict()}, path)
+    image, flow = torch.rand(1, 3, 24, 32), torch.randn(1, 2, 24, 32)
+    model.eval()
+    x, u = model.normalize(image, flow)
+    for choice, expected in (("average", model.generator_ema(x, u)), ("trained", model.generator(x, u))):
+        loaded = load_motion_vos(path, generator=choice)
+        torch.testing.assert_close(loaded.foreground_logits(image, flow), expected)
+    assert not torch.allclose(model.generator_ema(x, u), model.generator(x, u))
+    with pytest.raises(InputError, match="generator"):
+        load_motion_vos(path, generator="ema")
+    args = ["--checkpoint", str(path), "--davis-root", "d", "--flow-root", "f", "--out", "o"]
+    assert build_parser().parse_args(args).generator == "average"
+    assert build_parser().parse_args(args + ["--generator", "trained"]).generator == "trained"
+
+
 def test_schedule_and_which_network_gets_gradients():
     model = MotionVOSModel(MotionVOSNetConfig(**TINY_NET, generator_steps=3, inpainter_warmup_steps=2))
     assert [model.is_inpainter_step(s) for s in range(10)] == [True, True, False, False, False, True,

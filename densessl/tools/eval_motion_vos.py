@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output folder (raw/, crf/, overlays/, CSVs)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     parser.add_argument("--overlays", type=int, default=4, help="overlay frames per sequence (0: none)")
+    parser.add_argument("--generator", choices=("average", "trained"), default="average",
+                        help="with a checkpoint trained with model.generator_ema: predict with the moving "
+                        "average of the generator's weights (default) or with the weights as trained")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     return parser
 
@@ -103,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         config = MotionPredictConfig(size=tuple(args.size), gaps=gaps, flip=args.flip, threshold=args.threshold)
         if args.checkpoint:
             device = resolve_device(args.device)
-            predictor = model_predictor(load_motion_vos(args.checkpoint).to(device), config, device)
+            model = load_motion_vos(args.checkpoint, generator=args.generator)
+            predictor = model_predictor(model.to(device), config, device)
         else:
             predictor = baseline_predictor(args.baseline)
 

@@ -144,8 +144,20 @@ def evaluate_predictor(
     return DavisScores(objects)
 
 
-def load_motion_vos(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> MotionVOSModel:
-    """A model from an exported ``motion_vos.pt`` or a training checkpoint ``last.pt``."""
+GENERATOR_CHOICES = ("average", "trained")
+
+
+def load_motion_vos(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", generator: str = "average"
+) -> MotionVOSModel:
+    """A model from an exported ``motion_vos.pt`` or a training checkpoint ``last.pt``.
+
+    ``generator``: which weights predict when the checkpoint holds a moving average of the
+    generator (``model.generator_ema``): ``average`` (the default) or ``trained``, the weights as
+    trained. Without an average both are the trained weights.
+    """
+    if generator not in GENERATOR_CHOICES:
+        raise InputError(f"generator must be one of {', '.join(GENERATOR_CHOICES)}, got {generator!r}")
     from densessl.engine.config import from_dict
     from densessl.engine.checkpoint import load_checkpoint
     from densessl.video.motion_vos import MotionVOSNetConfig
@@ -165,4 +177,6 @@ def load_motion_vos(path: str | os.PathLike, map_location: str | torch.device = 
         model.load_state_dict(weights)
     except RuntimeError as error:
         raise InputError(f"weights do not fit the stored network config: {error}", path) from error
+    if generator == "trained":
+        model.generator_ema = None
     return model.eval()
