@@ -34,9 +34,9 @@ def update_ema_(average: nn.Module, model: nn.Module, decay: float) -> None:
         raise ValueError("the averaged module and the model have different state-dict keys")
     floats_avg, floats_cur = [], []
     for key, target in averaged.items():
-        source = current[key].detach()
         if not isinstance(target, torch.Tensor):
             continue  # extra state
+        source = current[key].detach()
         if target.shape != source.shape:
             raise ValueError(f"{key}: shape {tuple(target.shape)} against the model's {tuple(source.shape)}")
         if target.is_floating_point():

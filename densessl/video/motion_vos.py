@@ -296,7 +296,6 @@ class MotionVOSModel(nn.Module):
         if cfg.generator_ema > 0:
             # requires_grad False: the optimizer (and DDP) leave the average alone
             self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
-        self._trained_generator = False  # whether the last training call was a generator step
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         # the schedule's step counter lives on the host (a buffer on a GPU would be read back, and
@@ -343,10 +342,10 @@ class MotionVOSModel(nn.Module):
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
         """After the optimizer has stepped: fold a generator step's new weights into the average."""
-        if self.generator_ema is None or not self._trained_generator:
+        # the counter has already counted the step just taken (step number steps_done − 1)
+        if self.generator_ema is None or self.steps_done == 0 or self.is_inpainter_step(self.steps_done - 1):
             return
-        # the counter has already counted this step; the warm-up counts the earlier updates
-        updates = self.generator_steps_before(self.steps_done) - 1
+        updates = self.generator_steps_before(self.steps_done) - 1  # the earlier updates, for the warm-up
         update_ema_(self.generator_ema, self.generator, warmed_up_decay(self.config.generator_ema, updates))
 
     def is_inpainter_step(self, step: int) -> bool:
@@ -361,7 +360,6 @@ class MotionVOSModel(nn.Module):
         inpainter_step = self.is_inpainter_step(self.steps_done)
         if self.training:
             self.steps_done += 1
-            self._trained_generator = not inpainter_step
         return inpainter_step
 
     def _reconstruct(self, image: Tensor, flow: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
