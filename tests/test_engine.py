@@ -6,7 +6,6 @@ import json
 import math
 import os
 import random
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -461,21 +460,20 @@ def test_bad_train_settings_are_input_errors(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- DDP
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _join_process_group(rank: int, world_size: int, tmp_path: str) -> DistInfo:
+    """Join through a rendezvous file: no TCP port to pick, so no race with other processes
+    for a port that was free a moment ago. init_distributed then finds the group joined."""
+    import torch.distributed
 
-
-def _join_process_group(rank: int, world_size: int, port: int) -> DistInfo:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous",
+                                         rank=rank, world_size=world_size)
     return init_distributed("cpu")
 
 
-def _ddp_worker(rank: int, world_size: int, port: int, tmp_path: str) -> None:
-    dist = _join_process_group(rank, world_size, port)
+def _ddp_worker(rank: int, world_size: int, tmp_path: str) -> None:
+    dist = _join_process_group(rank, world_size, tmp_path)
     try:
         trainer = make_trainer(Path(tmp_path), "ddp", random=False, dist=dist, max_steps=1,
                                optimizer="sgd", momentum=0.0, lr=1.0)
@@ -484,8 +482,8 @@ def _ddp_worker(rank: int, world_size: int, port: int, tmp_path: str) -> None:
         cleanup_distributed()
 
 
-def _ddp_clock_worker(rank: int, world_size: int, port: int, tmp_path: str) -> None:
-    dist = _join_process_group(rank, world_size, port)
+def _ddp_clock_worker(rank: int, world_size: int, tmp_path: str) -> None:
+    dist = _join_process_group(rank, world_size, tmp_path)
     try:
         trainer = make_trainer(Path(tmp_path), "ddp-clock", random=False, dist=dist, max_steps=0, max_minutes=1.0,
                                optimizer="sgd", momentum=0.0)
@@ -502,7 +500,7 @@ def test_ddp_ranks_share_the_clock_of_a_time_budget(tmp_path):
     stay identical (rank 0 alone would drop the lr one step later and stop two steps later)."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_ddp_clock_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_clock_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert ranks[0]["step"] == ranks[1]["step"] == 8  # rank 1: 8 steps × 8 s ≥ 60 s
     for key, value in ranks[0]["model"].items():
@@ -520,7 +518,7 @@ def test_ddp_two_processes_match_one_process_on_the_combined_batch(tmp_path):
     single = make_trainer(tmp_path, "single", random=False, max_steps=1, optimizer="sgd", momentum=0.0, lr=1.0)
     initial = {k: v.clone() for k, v in single.model.state_dict().items()}
     single.fit()
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
 
     one = load_checkpoint(tmp_path / "runs" / "single" / "checkpoints" / "last.pt")["model"]
     two = load_checkpoint(tmp_path / "runs" / "ddp" / "checkpoints" / "last.pt")["model"]
