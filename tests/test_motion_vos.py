@@ -14,7 +14,9 @@ import torch
 from conftest import make_motion_set
 
 from densessl.datasets.davis import DavisDataset
-from densessl.datasets.motion_pairs import MotionPairDataset, PairAugmentConfig, crop_flip_resize, resize_flow
+from densessl.datasets.motion_pairs import (
+    MotionPairDataset, PairAugmentConfig, crop_flip_resize, resize_flow, resize_image,
+)
 from densessl.errors import InputError
 from densessl.losses.cis import REFERENCE_EPSILON_PER_ELEMENT, charbonnier, cis_terms
 from densessl.models.unet import UNet
@@ -76,6 +78,9 @@ def test_cis_terms_match_naive_definition():
     want_capped, _ = naive_cis(flow, mask, *recons, eps, cap=True)
     assert float(capped.generator_loss) == pytest.approx(want_capped, rel=1e-5)
     assert abs(want_capped - want_g) > 1e-3
+    for b in range(3):  # each sample's loss, the batch's being their mean
+        one = [t[b : b + 1] for t in (flow, mask, *recons)]
+        assert float(capped.generator_losses[b]) == pytest.approx(naive_cis(*one, eps, cap=True)[0], rel=1e-5)
     assert float(capped.inpainter_loss) == pytest.approx(want_i, rel=1e-5)
 
 
@@ -596,6 +601,49 @@ def test_temporal_smoothing_averages_flow_warped_neighbours_and_mends_a_dropped_
         predict_sequence(sequence, flows, baseline_predictor("flow-magnitude"), gaps)
 
 
+def test_objective_report_scores_each_source_of_masks_with_the_generators_loss(tmp_path):
+    """The model's row equals the training loss of a generator step on the same inputs; the
+    annotations' row equals the loss written out from the definitions (naive loops) on the
+    annotation averaged over each network cell by hand."""
+    from densessl.datasets.flow_cache import find_flow, read_frame_flow
+    from densessl.video.motion_vos_eval import OBJECTIVE_SOURCES, objective_report, objective_table
+
+    root, flows = tmp_path / "davis", tmp_path / "flows"
+    make_motion_set(root, flows, num_sequences=2, num_frames=3, num_val=2)  # 48×64 frames
+    (flows / "+1" / "synth-001" / "00002.flo").unlink()  # frames without the gap's flow are skipped
+    torch.manual_seed(0)
+    model = MotionVOSModel(MotionVOSNetConfig(**TINY_NET)).eval()
+    size = (24, 32)  # networks at 12×16: 4×4 frame pixels per cell
+    dataset = DavisDataset(root, year=2017, split="val")
+    rows = objective_report(model, dataset, flows, size, gap=1)
+    assert [r.source for r in rows] == list(OBJECTIVE_SOURCES)
+    assert all(r.frames == 5 for r in rows)  # 2 sequences × 3 frames, one without its +1 flow
+    by_source = {r.source: r for r in rows}
+    assert "| ground truth | 5 |" in objective_table(rows)
+
+    model_losses, truth_losses = [], []
+    with torch.no_grad():
+        for sequence in dataset:
+            for t in range(3 if sequence.name == "synth-000" else 2):
+                flow = read_frame_flow(find_flow(flows, 1, sequence.name, sequence.frame_names[t]), sequence.size)
+                batch = {"image": torch.from_numpy(resize_image(sequence.frame(t), size)).permute(2, 0, 1)[None] / 255.0,
+                         "flow": torch.from_numpy(resize_flow(flow, size)).permute(2, 0, 1)[None]}
+                loss, _ = model(batch)  # eval mode: the step counter stays at 0, a generator step
+                model_losses.append(float(loss))
+                ids = sequence.mask(t)
+                cells = ((ids != 0) & (ids != 255)).reshape(12, 4, 16, 4).mean(axis=(1, 3)) > 0.5
+                truth = torch.from_numpy(cells.astype(np.float32))[None, None]
+                image, net_flow = model.normalize(batch["image"], batch["flow"])
+                recon = model._reconstruct(image, net_flow, truth)
+                truth_losses.append(naive_cis(net_flow, truth, *recon, model.config.epsilon_per_element, cap=True)[0])
+    assert model.steps_done == 0
+    assert by_source["model"].generator_loss == pytest.approx(np.mean(model_losses), abs=1e-5)
+    assert by_source["ground truth"].generator_loss == pytest.approx(np.mean(truth_losses), abs=1e-5)
+    assert by_source["ground truth"].generator_loss != pytest.approx(by_source["model"].generator_loss, abs=1e-3)
+    with pytest.raises(InputError, match="no cached flow with gap -2"):
+        objective_report(model, dataset, flows, size, gap=-2)
+
+
 def test_train_then_eval_tools_end_to_end(tmp_path):
     from densessl.eval.davis_metrics import evaluate_results
     from densessl.tools.eval_motion_vos import main as eval_main
@@ -633,10 +681,19 @@ def test_train_then_eval_tools_end_to_end(tmp_path):
         row = next(csv.DictReader(handle))
     assert float(row["J-Mean"]) == pytest.approx(scores.global_row["J-Mean"], abs=1e-6)
     assert (out / "overlays").is_dir() and json.loads((out / "settings.json").read_text())["gaps"] == [1]
+    assert json.loads((out / "settings.json").read_text())["objective"] is None
+    objective_out = tmp_path / "objective"
+    assert eval_main(["--checkpoint", str(run / "checkpoints" / "motion_vos.pt"), *args, "--objective",
+                      "--out", str(objective_out)]) == 0
+    rows = json.loads((objective_out / "objective.json").read_text())
+    assert [r["source"] for r in rows][-1] == "ground truth" and {r["frames"] for r in rows} == {8}  # 2 × 4 frames
+    assert json.loads((objective_out / "settings.json").read_text())["objective"] == rows
+    assert "| camera-compensated | 8 |" in (objective_out / "objective.md").read_text()
 
     base = tmp_path / "baseline"
     assert eval_main(["--baseline", "flow-magnitude", *args, "--out", str(base)]) == 0
     assert eval_main(["--baseline", "flow-magnitude", *args, "--out", str(base)]) == 2  # not empty
+    assert eval_main(["--baseline", "flow-magnitude", *args, "--objective", "--out", str(tmp_path / "o")]) == 2
     assert eval_main(["--baseline", "camera-compensated", *args, "--out", str(tmp_path / "cc")]) == 0
     assert eval_main(["--baseline", "camera-compensated", *args, "--temporal", "--out", str(tmp_path / "cct")]) == 0
     assert (tmp_path / "cct" / "temporal" / "global_results-val.csv").is_file()

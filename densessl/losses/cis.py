@@ -40,7 +40,8 @@ class CISTerms:
     denom_in: Tensor  # D(m), ε included
     denom_out: Tensor  # D(1-m), ε included
     image_only_error: Tensor  # Σ ρ(u − I₀)
-    generator_loss: Tensor
+    generator_losses: Tensor  # the generator's loss of each sample
+    generator_loss: Tensor  # their mean
     inpainter_loss: Tensor
 
 
@@ -88,6 +89,7 @@ def cis_terms(
     ratio_in, ratio_out = error_in / denom_in, error_out / denom_out
     if cap_ratio:
         ratio_in, ratio_out = ratio_in.clamp(max=1.0), ratio_out.clamp(max=1.0)
-    generator_loss = ((1.0 - ratio_in) + (1.0 - ratio_out)).mean()
+    generator_losses = (1.0 - ratio_in) + (1.0 - ratio_out)
     inpainter_loss = ((error_in + error_out + image_only_error) / num_elements).mean()
-    return CISTerms(error_in, error_out, denom_in, denom_out, image_only_error, generator_loss, inpainter_loss)
+    return CISTerms(error_in, error_out, denom_in, denom_out, image_only_error, generator_losses,
+                    generator_losses.mean(), inpainter_loss)

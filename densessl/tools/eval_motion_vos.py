@@ -9,7 +9,9 @@ Writes ``<out>/raw/<seq>/<frame>.png`` (0/255 masks in the official format) with
 CSVs beside them, ``<out>/temporal/...`` likewise with ``--temporal`` (flow-guided temporal
 smoothing of the probabilities), ``<out>/crf/...`` with ``--crf`` (DenseCRF of the raw
 probabilities) and ``<out>/temporal_crf/...`` with both, overlay strips of the raw masks under
-``<out>/overlays/``, and prints the raw and each refined score separately. No choice is made using
+``<out>/overlays/``, and prints the raw and each refined score separately. ``--objective`` also
+reports the CIS objective of the model's masks against the baselines' and the annotations' (a
+diagnostic: does the generator miss better answers to its own objective?). No choice is made using
 the ground truth: it is read only to score the final masks.
 """
 
@@ -62,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--generator", choices=("average", "trained"), default="average",
                         help="with a checkpoint trained with model.generator_ema: predict with the moving "
                         "average of the generator's weights (default) or with the weights as trained")
+    parser.add_argument("--objective", action="store_true",
+                        help="also report the CIS objective (the generator's loss under the checkpoint's "
+                        "inpainter) of the model's masks against the flow baselines' masks and the "
+                        "annotations, at the first of --gaps (objective.md / objective.json)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     return parser
 
@@ -87,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             score_sequence, smooth_over_time,
         )
 
+        if args.objective and not args.checkpoint:
+            raise InputError("--objective needs --checkpoint: it scores masks under a model's objective")
         if not 0.0 < args.threshold < 1.0:
             raise InputError(f"--threshold must lie in (0, 1), got {args.threshold}")
         if min(args.size) < 8:
@@ -150,11 +158,25 @@ def main(argv: list[str] | None = None) -> int:
             summary[kind] = result.global_row
             print(f"\n{kind} masks ({f'{args.baseline} baseline' if args.baseline else args.checkpoint}):")
             print(result.table())
+        objective = None
+        if args.objective:
+            from dataclasses import asdict
+
+            from densessl.video.motion_vos_eval import objective_report, objective_table
+
+            rows = objective_report(model, dataset, flow_root, tuple(args.size), gaps[0], device, progress=True)
+            table = objective_table(rows)
+            print(f"\nCIS objective of each source of masks (gap {gaps[0]:+d}; lower generator loss = "
+                  f"preferred by the objective):\n{table}")
+            (out / "objective.md").write_text(table + "\n")
+            objective = [asdict(row) for row in rows]
+            (out / "objective.json").write_text(json.dumps(objective, indent=2) + "\n")
         settings = {
             "checkpoint": args.checkpoint, "baseline": args.baseline, "davis_root": args.davis_root,
             "year": dataset.year, "split": args.split, "flow_root": str(flow_root), "gaps": list(gaps),
             "size": list(args.size), "flip": args.flip, "threshold": args.threshold,
-            "temporal": args.temporal, "crf": args.crf, "scores": summary,
+            "temporal": args.temporal, "crf": args.crf, "generator": args.generator if args.checkpoint else None,
+            "scores": summary, "objective": objective,
         }
         (out / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
         return 0

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from densessl.datasets.motion_pairs import resize_flow, resize_image
-from densessl.losses.cis import REFERENCE_EPSILON_PER_ELEMENT, cis_terms
+from densessl.losses.cis import REFERENCE_EPSILON_PER_ELEMENT, CISTerms, cis_terms
 from densessl.models.ema import update_ema_, warmed_up_decay
 from densessl.models.unet import Decoder, DilatedBottleneck, Encoder, UNet
 
@@ -382,22 +382,28 @@ class MotionVOSModel(nn.Module):
         image_only = recon[2 * b :] if calls == 3 else torch.zeros_like(flow)
         return recon[:b], recon[b : 2 * b], image_only
 
+    def terms(self, image: Tensor, flow: Tensor, mask: Tensor) -> CISTerms:
+        """The CIS terms of ``mask`` (``B×1×h×w`` in [0, 1]) under this model's inpainter, ε and
+        cap, so ``generator_loss`` is what the generator minimises; ``image`` and ``flow`` are
+        normalised inputs (:meth:`normalize`)."""
+        recon = self._reconstruct(image, flow, mask)
+        return cis_terms(flow, mask, *recon, epsilon_per_element=self.config.epsilon_per_element,
+                         cap_ratio=self.config.cap_ratio)
+
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         image, flow = self.normalize(batch["image"], batch["flow"])
         inpainter_step = self._advance_schedule()
         if inpainter_step:
             with torch.no_grad():
                 mask = self.generator.mask(self.generator(image, flow))
-            recon = self._reconstruct(image, flow, mask)
+            terms = self.terms(image, flow, mask)
         else:
             _set_requires_grad(self.inpainter, False)
             try:
                 mask = self.generator.mask(self.generator(image, flow))
-                recon = self._reconstruct(image, flow, mask)
+                terms = self.terms(image, flow, mask)
             finally:
                 _set_requires_grad(self.inpainter, True)
-        terms = cis_terms(flow, mask, *recon, epsilon_per_element=self.config.epsilon_per_element,
-                          cap_ratio=self.config.cap_ratio)
         loss = terms.inpainter_loss if inpainter_step else terms.generator_loss
         metrics = {
             "loss": terms.generator_loss.detach(),

@@ -17,7 +17,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from densessl.datasets.davis import DavisDataset, DavisSequence
+from densessl.datasets.davis import VOID_ID, DavisDataset, DavisSequence
+from densessl.datasets.motion_pairs import resize_flow, resize_image
 from densessl.datasets.flow_cache import find_flow, flow_path, gap_folder, read_frame_flow
 from densessl.errors import InputError
 from densessl.eval.davis_metrics import DavisScores, evaluate_sequence_masks
@@ -142,6 +143,95 @@ def evaluate_predictor(
             on_sequence(sequence, probs)
         objects.extend(score_sequence(sequence, probs > config.threshold))
     return DavisScores(objects)
+
+
+OBJECTIVE_SOURCES = ("model", "model, thresholded", "flow-magnitude", "camera-compensated", "ground truth")
+
+
+@dataclass
+class ObjectiveRow:
+    """The CIS objective of one source of masks, averaged over frames."""
+
+    source: str
+    frames: int
+    ratio_in: float  # E(m) / D(m): the inpainter's error inside the mask, relative to the image alone
+    ratio_out: float  # E(1−m) / D(1−m): the same for the complement
+    generator_loss: float  # what the generator minimises (ratios capped at 1 when the model caps)
+
+
+def _downsample_mask(mask: np.ndarray, size: tuple[int, int], device: torch.device | str) -> torch.Tensor:
+    """``H×W`` {0, 1} → ``1×1×h×w`` {0, 1} (majority of each cell)."""
+    import torch.nn.functional as F
+
+    full = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)).to(device)[None, None]
+    return (F.interpolate(full, size=size, mode="area") > 0.5).float()
+
+
+@torch.no_grad()
+def objective_report(
+    model: MotionVOSModel,
+    sequences: Iterable[DavisSequence],
+    flow_root: str | os.PathLike,
+    size: tuple[int, int],
+    gap: int = 1,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> list[ObjectiveRow]:
+    """How the model's own masks fare under its own objective, against other masks.
+
+    For every frame with cached flow at ``gap``, the CIS terms (:meth:`MotionVOSModel.terms`, the
+    model's inpainter, ε and cap; BatchNorm in eval mode) of the masks of each source in
+    :data:`OBJECTIVE_SOURCES`: the model's soft masks (what its generator is trained on) and the
+    same thresholded at 0.5, the two flow baselines, and the annotation where a frame has one. A
+    source with a *lower* generator loss than the model's own masks is a better answer to the
+    objective that the generator did not find; a source that is worse on the objective but better
+    on J points at the objective instead. Masks are compared at the networks' resolution.
+    """
+    from tqdm import tqdm
+
+    model = model.eval().to(device)
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    sequences = list(sequences)
+    for sequence in tqdm(sequences, desc="CIS objective", unit="seq", disable=not progress):
+        height, width = sequence.size
+        for t, name in enumerate(sequence.frame_names):
+            path = find_flow(flow_root, gap, sequence.name, name)
+            if path is None:
+                continue
+            flow = read_frame_flow(path, (height, width))
+            small_image = resize_image(np.ascontiguousarray(sequence.frame(t)), size)
+            small_flow = resize_flow(flow, size)
+            image = torch.from_numpy(small_image).to(device).permute(2, 0, 1)[None].float() / 255.0
+            image, net_flow = model.normalize(image, torch.from_numpy(small_flow).to(device).permute(2, 0, 1)[None])
+            net_size = tuple(net_flow.shape[-2:])
+            soft = model.inference_generator.mask(model.inference_generator(image, net_flow)).float()
+            masks = {"model": soft, "model, thresholded": (soft > 0.5).float(),
+                     "flow-magnitude": _downsample_mask(flow_magnitude_foreground(flow), net_size, device),
+                     "camera-compensated": _downsample_mask(camera_compensated_foreground(flow), net_size, device)}
+            if sequence.has_mask(t):
+                ids = sequence.mask(t)
+                masks["ground truth"] = _downsample_mask((ids != 0) & (ids != VOID_ID), net_size, device)
+            stacked = torch.cat(list(masks.values()))
+            k = stacked.shape[0]
+            terms = model.terms(image.expand(k, -1, -1, -1), net_flow.expand(k, -1, -1, -1), stacked)
+            values = torch.stack([terms.error_in / terms.denom_in, terms.error_out / terms.denom_out,
+                                  terms.generator_losses], dim=1).cpu().double().numpy()
+            for source, row in zip(masks, values):
+                sums[source] = sums.get(source, 0.0) + row
+                counts[source] = counts.get(source, 0) + 1
+    if not counts:
+        raise InputError(f"no cached flow with gap {gap_folder(gap)} for any frame", Path(flow_root))
+    return [ObjectiveRow(source, counts[source], *(float(v) / counts[source] for v in sums[source]))
+            for source in OBJECTIVE_SOURCES if source in counts]
+
+
+def objective_table(rows: Sequence[ObjectiveRow]) -> str:
+    """Markdown table of :func:`objective_report`'s rows."""
+    lines = ["| masks | frames | E/D inside | E/D outside | generator loss |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {r.source} | {r.frames} | {r.ratio_in:.3f} | {r.ratio_out:.3f} | {r.generator_loss:.3f} |"
+              for r in rows]
+    return "\n".join(lines)
 
 
 GENERATOR_CHOICES = ("average", "trained")
