@@ -55,11 +55,13 @@ def test_crw_training_step_stays_on_the_gpu(fake_cuda, mode):
     assert all(value.device.type == "cuda" for value in metrics.values())
 
 
-@pytest.mark.parametrize("camera_fit,context", [("none", "mean"), ("quadratic", "affine"), ("none", "none")])
-def test_motion_vos_training_steps_stay_on_the_gpu(fake_cuda, camera_fit, context):
+@pytest.mark.parametrize("camera_fit,context,warm_start",
+                         [("none", "mean", 0), ("quadratic", "affine", 1), ("none", "none", 0)])
+def test_motion_vos_training_steps_stay_on_the_gpu(fake_cuda, camera_fit, context, warm_start):
     model = MotionVOSModel(MotionVOSNetConfig(
         generator_widths=(8, 16), inpainter_widths=(8, 16), dilations=(2,), generator_camera_fit=camera_fit,
         inpainter_context=context, min_hidden_fraction=0.1, generator_steps=1,
+        generator_warm_start_steps=warm_start,
     ))
     batch = {"image": torch.rand(2, 3, 48, 64), "flow": torch.randn(2, 2, 48, 64)}
     for _ in range(2):  # a generator step, then an inpainter step

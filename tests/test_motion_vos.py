@@ -3,6 +3,7 @@ foreground orientation, and the train / eval tools end to end on synthetic data.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 
@@ -457,6 +458,68 @@ def test_fitted_camera_motion_ignores_the_object_and_the_compensated_baseline_fi
         assert np.linalg.norm(fit_background_motion(flow, "affine") - flow, axis=-1)[~obj].max() > 0.3
     with pytest.raises(ValueError, match="model"):
         fit_background_motion(flow, "homography")
+
+
+def test_batched_baselines_on_the_device_equal_the_numpy_ones():
+    """otsu_foreground against cv2's Otsu on uint8, and camera_compensated_target against
+    camera_compensated_foreground, sample by sample in one batch (an object that covers the
+    border, so the orientation flips; an all-zero flow; noisy fields)."""
+    import cv2
+
+    from densessl.video.motion_vos import camera_compensated_target, otsu_foreground
+
+    rng = np.random.default_rng(0)
+    fields = [_zooming_scene("quadratic")[0], _zooming_scene("affine")[0], np.zeros((48, 80, 2), np.float32)]
+    big = _zooming_scene("affine")[0]
+    big[:, :50] = (-2.0, 1.5)  # the "object" now covers most of the border
+    fields.append(big)
+    for _ in range(4):
+        fields.append((fields[0] + rng.normal(0, rng.uniform(0.1, 2.0), fields[0].shape)).astype(np.float32))
+    batch = torch.from_numpy(np.stack(fields)).permute(0, 3, 1, 2)
+    targets = camera_compensated_target(batch)
+    assert targets.shape == (len(fields), 1, 48, 80)
+    for field, target in zip(fields, targets):
+        np.testing.assert_array_equal(target[0].numpy(), camera_compensated_foreground(field))
+    assert targets[3].mean() < 0.5 and not targets[2].any()
+
+    values = [rng.gamma(k, 1.0, (30, 40)) for k in (0.5, 2.0, 8.0)] + [rng.uniform(0, 1, (30, 40)) ** 3]
+    values.append(np.full((30, 40), 2.0))
+    mine = otsu_foreground(torch.from_numpy(np.stack(values))[:, None])
+    for value, got in zip(values, mine):
+        scaled = np.round(value / value.max() * 255).astype(np.uint8)
+        _, binary = cv2.threshold(scaled, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        np.testing.assert_array_equal(got[0].numpy(), binary)
+
+
+def test_warm_start_fits_the_camera_compensated_masks_then_hands_over_to_cis():
+    from densessl.video.motion_vos import CAMERA_FIT_MIN_SCALE, camera_compensated_target
+
+    torch.manual_seed(0)
+    model = MotionVOSModel(MotionVOSNetConfig(**TINY_NET, generator_warm_start_steps=2)).train()
+    flow, _ = _zooming_scene("quadratic")
+    batch = {"image": torch.rand(2, 3, 48, 80), "flow": torch.from_numpy(np.stack([flow, flow[:, ::-1] * -1])).permute(0, 3, 1, 2)}
+    for step in range(5):  # generator, generator, generator, inpainter, generator
+        generator = copy.deepcopy(model.generator)
+        image, net_flow = model.normalize(batch["image"], batch["flow"])
+        loss, metrics = model(batch)
+        if step < 2:  # cross-entropy of the soft mask against the baseline's mask, written out
+            with torch.no_grad():
+                generator.train()
+                m = generator.mask(generator(image, net_flow)).double().clamp(1e-12, 1 - 1e-12)
+            t = camera_compensated_target(net_flow, CAMERA_FIT_MIN_SCALE).double()
+            assert 0 < float(t.mean()) < 0.5
+            want = -(t * m.log() + (1 - t) * (1 - m).log()).mean()
+            assert float(loss.detach()) == pytest.approx(float(want), rel=1e-4)
+            assert float(loss.detach()) != pytest.approx(float(metrics["loss"]), rel=1e-2)
+        elif step == 3:
+            assert float(loss) == float(metrics["inpainter_loss"])
+        else:
+            assert float(loss) == float(metrics["loss"])  # the CIS generator loss again
+    model.eval()
+    loss, metrics = model(batch)
+    assert float(loss) == float(metrics["loss"])
+    with pytest.raises(InputError, match="model.generator_warm_start_steps"):
+        MotionVOSNetConfig(generator_warm_start_steps=-1).validate()
 
 
 def naive_irls_fit(flow: np.ndarray, model: str, iterations: int = 6, min_scale: float = 0.1) -> np.ndarray:

@@ -62,6 +62,9 @@ class MotionVOSNetConfig:
     inpainter_context: str = "mean"  # none (reference) | mean | affine: the fit of the visible flow the inpainter corrects
     min_hidden_fraction: float = 0.0  # hard_context: each call hides at least this fraction (its likeliest pixels)
     generator_ema: float = 0.0  # > 0: predict with an exponential moving average of the generator's weights (this decay)
+    # the generator steps among the first N steps fit the camera-compensated baseline's masks
+    # (cross-entropy) instead of the CIS loss: a start from masks the objective already prefers
+    generator_warm_start_steps: int = 0
 
     def validate(self) -> None:
         """InputError naming the first bad setting (as ``model.<key>``)."""
@@ -78,6 +81,8 @@ class MotionVOSNetConfig:
                              f"got {self.inpainter_context!r}")
         if self.normalizer not in NORMALIZERS:
             raise InputError(f"model.normalizer must be one of {', '.join(NORMALIZERS)}, got {self.normalizer!r}")
+        if self.generator_warm_start_steps < 0:
+            raise InputError(f"model.generator_warm_start_steps must be >= 0, got {self.generator_warm_start_steps}")
         for key in ("generator_steps", "input_stride"):
             if getattr(self, key) < 1:
                 raise InputError(f"model.{key} must be >= 1, got {getattr(self, key)}")
@@ -392,6 +397,7 @@ class MotionVOSModel(nn.Module):
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         image, flow = self.normalize(batch["image"], batch["flow"])
+        warm_start = self.training and self.steps_done < self.config.generator_warm_start_steps
         inpainter_step = self._advance_schedule()
         if inpainter_step:
             with torch.no_grad():
@@ -400,11 +406,19 @@ class MotionVOSModel(nn.Module):
         else:
             _set_requires_grad(self.inpainter, False)
             try:
-                mask = self.generator.mask(self.generator(image, flow))
+                logits = self.generator(image, flow)
+                mask = self.generator.mask(logits)
                 terms = self.terms(image, flow, mask)
             finally:
                 _set_requires_grad(self.inpainter, True)
-        loss = terms.inpainter_loss if inpainter_step else terms.generator_loss
+        if inpainter_step:
+            loss = terms.inpainter_loss
+        elif warm_start:  # the mask's cross-entropy: logit of the foreground = (l₁ − l₀) / temperature
+            target = camera_compensated_target(flow, CAMERA_FIT_MIN_SCALE)
+            foreground_logit = (logits[:, 1:2] - logits[:, :1]).float() / self.generator.temperature
+            loss = F.binary_cross_entropy_with_logits(foreground_logit, target)
+        else:
+            loss = terms.generator_loss
         metrics = {
             "loss": terms.generator_loss.detach(),
             "inpainter_loss": terms.inpainter_loss.detach(),
@@ -551,6 +565,54 @@ def fit_background_motion(
     field = torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float64)).permute(2, 0, 1)[None]
     fitted = robust_motion_fit(field, model, iterations, grid, min_scale)
     return fitted[0].permute(1, 2, 0).numpy().astype(np.float32)
+
+
+def otsu_foreground(values: Tensor) -> Tensor:
+    """Each sample's ``B×1×H×W`` non-negative values above its Otsu threshold → {0, 1} floats.
+
+    The values are scaled to 0..255 by the sample's maximum and rounded, as
+    :func:`flow_magnitude_foreground` does before ``cv2.threshold(..., THRESH_OTSU)``, and the
+    threshold is OpenCV's: the first level ``t`` maximising the between-class variance of
+    ``{≤ t}`` and ``{> t}``. A sample whose maximum is 0 gets no foreground. No host read-back.
+    """
+    batch = values.shape[0]
+    flat = values.detach().flatten(1).double()
+    top = flat.amax(dim=1, keepdim=True)
+    levels = torch.round(flat / top.clamp(min=torch.finfo(torch.float64).tiny) * 255.0).long()
+    histogram = torch.zeros(batch, 256, dtype=torch.float64, device=values.device)
+    histogram.scatter_add_(1, levels, torch.ones_like(flat))
+    p = histogram / flat.shape[1]
+    level = torch.arange(256, dtype=torch.float64, device=values.device)
+    below = p.cumsum(1)  # q₁(t): the share of levels ≤ t
+    below_sum = (p * level).cumsum(1)
+    above = 1.0 - below
+    eps = float(np.finfo(np.float32).eps)  # OpenCV skips thresholds that leave a class (almost) empty
+    mean_below = below_sum / below.clamp(min=eps)
+    mean_above = (below_sum[:, -1:] - below_sum) / above.clamp(min=eps)
+    variance = below * above * (mean_below - mean_above).square()
+    variance = torch.where((below < eps) | (above < eps), torch.full_like(variance, -1.0), variance)
+    threshold = variance.argmax(dim=1, keepdim=True)
+    foreground = (levels > threshold) & (top > 0)
+    return foreground.to(values.dtype).view_as(values)
+
+
+def orient_foreground_batch(mask: Tensor, threshold: float = BORDER_FRACTION) -> Tensor:
+    """:func:`orient_foreground` of each ``B×1×H×W`` sample, without host read-back."""
+    height, width = mask.shape[-2:]
+    band = border_width(height, width)
+    ring = torch.ones(height, width, device=mask.device)
+    ring[band : height - band, band : width - band] = 0.0
+    coverage = ((mask[:, 0] > 0.5).float() * ring).sum(dim=(1, 2)) / ring.sum()  # no boolean indexing: no sync
+    return torch.where((coverage >= threshold).view(-1, 1, 1, 1), 1.0 - mask, mask)
+
+
+def camera_compensated_target(flow: Tensor, min_scale: float = 0.1) -> Tensor:
+    """:func:`camera_compensated_foreground` of each ``B×2×H×W`` flow field, on its device: Otsu
+    on ``|flow − robust quadratic fit|``, border-oriented → ``B×1×H×W`` {0, 1}. ``min_scale`` is
+    the fit's smallest residual scale in the flow's units (0.1 for pixels)."""
+    with torch.no_grad():
+        residual = flow.float() - robust_motion_fit(flow.float(), "quadratic", min_scale=min_scale)
+        return orient_foreground_batch(otsu_foreground(residual.norm(dim=1, keepdim=True)))
 
 
 def camera_compensated_foreground(flow: np.ndarray, model: str = "quadratic") -> np.ndarray:
