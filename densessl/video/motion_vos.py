@@ -287,6 +287,11 @@ class MotionVOSModel(nn.Module):
     the state dict) follows an exponential moving average of its weights, updated after every
     generator step (:meth:`after_optimizer_step`, called by the trainer), and predictions
     (:meth:`foreground_logits`, :attr:`inference_generator`) use it.
+
+    With ``generator_warm_start_steps = N > 0`` the generator steps among the first N steps
+    minimise the cross-entropy between the soft mask and the camera-compensated baseline's mask
+    of the same flow (:func:`camera_compensated_target`; no annotation is used) instead of the CIS
+    loss; the inpainter steps are unchanged, so it learns to fill those masks meanwhile.
     """
 
     def __init__(self, config: MotionVOSNetConfig | None = None) -> None:

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from densessl.datasets.davis import VOID_ID, DavisDataset, DavisSequence
-from densessl.datasets.motion_pairs import resize_flow, resize_image
 from densessl.datasets.flow_cache import find_flow, flow_path, gap_folder, read_frame_flow
+from densessl.datasets.motion_pairs import resize_flow, resize_image
 from densessl.errors import InputError
 from densessl.eval.davis_metrics import DavisScores, evaluate_sequence_masks
 from densessl.video.motion_vos import (
