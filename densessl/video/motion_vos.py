@@ -455,6 +455,20 @@ def orient_foreground(prob: np.ndarray, threshold: float = BORDER_FRACTION) -> n
     return 1.0 - prob if border_coverage(prob) >= threshold else prob
 
 
+def frame_inputs(
+    image: np.ndarray, flow: np.ndarray, size: tuple[int, int], device: torch.device | str = "cpu"
+) -> tuple[Tensor, Tensor]:
+    """One frame (``H×W×3`` uint8 RGB) and its flow (``H×W×2`` pixels) resized to the network
+    input ``size`` as the training pairs are → ``1×3×h×w`` image in [0, 1], ``1×2×h×w`` flow
+    (pixels at the new size), the raw inputs of :meth:`MotionVOSModel.normalize`."""
+    if flow.shape[:2] != image.shape[:2]:
+        raise ValueError(f"flow size {flow.shape[:2]} differs from the frame size {image.shape[:2]}")
+    small_image = resize_image(np.ascontiguousarray(image), size)
+    small_flow = resize_flow(np.ascontiguousarray(flow, dtype=np.float32), size)
+    img = torch.from_numpy(small_image).to(device).permute(2, 0, 1)[None].float() / 255.0
+    return img, torch.from_numpy(small_flow).to(device).permute(2, 0, 1)[None]
+
+
 @torch.no_grad()
 def predict_foreground(
     model: MotionVOSModel,
@@ -475,13 +489,7 @@ def predict_foreground(
         ``H×W`` float32 in [0, 1].
     """
     height, width = image.shape[:2]
-    if flow.shape[:2] != (height, width):
-        raise ValueError(f"flow size {flow.shape[:2]} differs from the frame size {(height, width)}")
-    # the same resizing as the training pairs
-    small_image = resize_image(np.ascontiguousarray(image), size)
-    small_flow = resize_flow(np.ascontiguousarray(flow, dtype=np.float32), size)
-    img = torch.from_numpy(small_image).to(device).permute(2, 0, 1)[None].float() / 255.0
-    fl = torch.from_numpy(small_flow).to(device).permute(2, 0, 1)[None]
+    img, fl = frame_inputs(image, flow, size, device)
     inputs = [(img, fl)]
     if flip:
         mirrored = fl.flip(-1)

@@ -19,11 +19,10 @@ import torch
 
 from densessl.datasets.davis import VOID_ID, DavisDataset, DavisSequence
 from densessl.datasets.flow_cache import find_flow, flow_path, gap_folder, read_frame_flow
-from densessl.datasets.motion_pairs import resize_flow, resize_image
 from densessl.errors import InputError
 from densessl.eval.davis_metrics import DavisScores, evaluate_sequence_masks
 from densessl.video.motion_vos import (
-    MotionVOSModel, camera_compensated_foreground, flow_magnitude_foreground, predict_foreground,
+    MotionVOSModel, camera_compensated_foreground, flow_magnitude_foreground, frame_inputs, predict_foreground,
 )
 from densessl.video.optical_flow import warp_by_flow
 
@@ -200,10 +199,7 @@ def objective_report(
             if path is None:
                 continue
             flow = read_frame_flow(path, (height, width))
-            small_image = resize_image(np.ascontiguousarray(sequence.frame(t)), size)
-            small_flow = resize_flow(flow, size)
-            image = torch.from_numpy(small_image).to(device).permute(2, 0, 1)[None].float() / 255.0
-            image, net_flow = model.normalize(image, torch.from_numpy(small_flow).to(device).permute(2, 0, 1)[None])
+            image, net_flow = model.normalize(*frame_inputs(sequence.frame(t), flow, size, device))
             net_size = tuple(net_flow.shape[-2:])
             soft = model.inference_generator.mask(model.inference_generator(image, net_flow)).float()
             masks = {"model": soft, "model, thresholded": (soft > 0.5).float(),
