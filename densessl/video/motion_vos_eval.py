@@ -144,7 +144,7 @@ def evaluate_predictor(
     return DavisScores(objects)
 
 
-OBJECTIVE_SOURCES = ("model", "model, thresholded", "flow-magnitude", "camera-compensated", "ground truth")
+OBJECTIVE_SOURCES = ("model", "model, thresholded", *BASELINES, "ground truth")
 
 
 @dataclass
@@ -199,12 +199,13 @@ def objective_report(
             if path is None:
                 continue
             flow = read_frame_flow(path, (height, width))
-            image, net_flow = model.normalize(*frame_inputs(sequence.frame(t), flow, size, device))
+            frame = sequence.frame(t)
+            image, net_flow = model.normalize(*frame_inputs(frame, flow, size, device))
             net_size = tuple(net_flow.shape[-2:])
             soft = model.inference_generator.mask(model.inference_generator(image, net_flow)).float()
-            masks = {"model": soft, "model, thresholded": (soft > 0.5).float(),
-                     "flow-magnitude": _downsample_mask(flow_magnitude_foreground(flow), net_size, device),
-                     "camera-compensated": _downsample_mask(camera_compensated_foreground(flow), net_size, device)}
+            masks = {"model": soft, "model, thresholded": (soft > 0.5).float()}
+            for baseline in BASELINES:
+                masks[baseline] = _downsample_mask(baseline_predictor(baseline)(frame, flow), net_size, device)
             if sequence.has_mask(t):
                 ids = sequence.mask(t)
                 masks["ground truth"] = _downsample_mask((ids != 0) & (ids != VOID_ID), net_size, device)
