@@ -413,7 +413,8 @@ class MotionVOSModel(nn.Module):
             try:
                 logits = self.generator(image, flow)
                 mask = self.generator.mask(logits)
-                terms = self.terms(image, flow, mask)
+                with torch.set_grad_enabled(not warm_start):  # warm start: the terms are only logged
+                    terms = self.terms(image, flow, mask)
             finally:
                 _set_requires_grad(self.inpainter, True)
         if inpainter_step:
