@@ -10,7 +10,8 @@
 #
 # Environment:
 #   STAGES         any of: env build scs test corr crw vos prop crw-compile crw-real
-#                  crw-real-roi vos-real vos-real-nocap (default: the first nine, in that order)
+#                  crw-real-roi vos-real vos-real-nocap vos-real-t1 (default: the first nine,
+#                  in that order)
 #   BUDGET_S=N     wall-clock budget of the whole session in seconds: each stage's time limit is
 #                  cut to what is left, a stage is skipped (and says so) when too little is left
 #                  (a real-data stage needs its whole limit), and the results are packed in time
@@ -44,6 +45,7 @@
 #   vos-real   DIS flow of $DAVIS, REAL_MINUTES of CIS training with the default recipe (bf16),
 #              then the unsupervised evaluation of the raw masks   vos_real.log
 #   vos-real-nocap the same with model.cap_ratio=false (the reference loss) vos_real_nocap.log
+#   vos-real-t1    the same as vos-real with model.mask_temperature=1  vos_real_t1.log
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -154,19 +156,20 @@ train.amp=bf16 train.channels_last=true train.num_workers=12 train.out_dir=$RUNS
 train.name=$stage train.progress=false --overwrite && $PYTHON -m densessl.cli eval-davis \
 --backbone resnet18-crw --weights $RUNS/$stage/checkpoints/backbone.pt --davis-root $DAVIS \
 --year 2016 --out $RUNS/$stage-eval --overwrite" ;;
-    vos-real|vos-real-nocap)
+    vos-real|vos-real-nocap|vos-real-t1)
       need_davis "$stage"
       cap=true; [[ $stage == vos-real-nocap ]] && cap=false
+      extra=""; [[ $stage == vos-real-t1 ]] && extra="model.mask_temperature=1"
       # compute-flow skips the flow files that exist, so the second stage reuses the first's
       run "${stage//-/_}.log" $((train_s + 180)) $((train_s + 180)) bash -c "$PYTHON tools/compute_flow.py \
 --davis-root $DAVIS --year 2016 --set val --out $RUNS/flows --workers 16 && $PYTHON \
 tools/train_motion_vos.py --config configs/motion_vos.yaml data.davis_root=$DAVIS \
-data.flow_root=$RUNS/flows data.split=val model.cap_ratio=$cap train.max_minutes=$REAL_MINUTES \
+data.flow_root=$RUNS/flows data.split=val model.cap_ratio=$cap $extra train.max_minutes=$REAL_MINUTES \
 train.amp=bf16 train.num_workers=12 train.out_dir=$RUNS train.name=$stage train.progress=false \
 --overwrite && $PYTHON tools/eval_motion_vos.py --checkpoint $RUNS/$stage/checkpoints/motion_vos.pt \
 --davis-root $DAVIS --flow-root $RUNS/flows --out $RUNS/$stage-eval --overwrite --temporal" ;;
     *) echo "unknown stage '$stage' (expected env build scs test corr crw vos prop crw-compile" \
-            "crw-real crw-real-roi vos-real vos-real-nocap)" >&2
+            "crw-real crw-real-roi vos-real vos-real-nocap vos-real-t1)" >&2
        exit 2 ;;
   esac
 done
