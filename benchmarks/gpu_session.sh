@@ -158,13 +158,17 @@ train.name=$stage train.progress=false --overwrite && $PYTHON -m densessl.cli ev
 --year 2016 --out $RUNS/$stage-eval --overwrite" ;;
     vos-real|vos-real-nocap|vos-real-t1)
       need_davis "$stage"
-      cap=true; [[ $stage == vos-real-nocap ]] && cap=false
-      extra=""; [[ $stage == vos-real-t1 ]] && extra="model.mask_temperature=1"
+      # the one override that sets a variant apart; vos-real follows configs/motion_vos.yaml
+      case $stage in
+        vos-real-nocap) variant="model.cap_ratio=false" ;;
+        vos-real-t1) variant="model.mask_temperature=1" ;;
+        *) variant="" ;;
+      esac
       # compute-flow skips the flow files that exist, so the second stage reuses the first's
       run "${stage//-/_}.log" $((train_s + 180)) $((train_s + 180)) bash -c "$PYTHON tools/compute_flow.py \
 --davis-root $DAVIS --year 2016 --set val --out $RUNS/flows --workers 16 && $PYTHON \
 tools/train_motion_vos.py --config configs/motion_vos.yaml data.davis_root=$DAVIS \
-data.flow_root=$RUNS/flows data.split=val model.cap_ratio=$cap $extra train.max_minutes=$REAL_MINUTES \
+data.flow_root=$RUNS/flows data.split=val $variant train.max_minutes=$REAL_MINUTES \
 train.amp=bf16 train.num_workers=12 train.out_dir=$RUNS train.name=$stage train.progress=false \
 --overwrite && $PYTHON tools/eval_motion_vos.py --checkpoint $RUNS/$stage/checkpoints/motion_vos.pt \
 --davis-root $DAVIS --flow-root $RUNS/flows --out $RUNS/$stage-eval --overwrite --temporal" ;;
