@@ -324,6 +324,29 @@ def test_context_inpainter_corrects_the_fit_and_follows_the_flow_scale(model):
         FlowInpainter(widths=(4,), context="quadratic")
 
 
+def test_hard_weights_give_the_thresholded_masks_terms_with_the_soft_masks_gradient():
+    """``hard_weights``: the terms of the soft mask are those of the mask thresholded at 0.5, and
+    its gradient is the gradient of the soft-weight loss at the thresholded mask (straight-through)."""
+    torch.manual_seed(0)
+    soft_model = MotionVOSModel(MotionVOSNetConfig(**TINY_NET)).eval()
+    hard_model = MotionVOSModel(MotionVOSNetConfig(**TINY_NET, hard_weights=True)).eval()
+    hard_model.load_state_dict(soft_model.state_dict())
+    image, flow = torch.rand(2, 3, 16, 16), torch.randn(2, 2, 16, 16)
+    soft = torch.rand(2, 1, 16, 16, requires_grad=True)
+    thresholded = (soft.detach() > 0.5).float().requires_grad_(True)
+    with torch.no_grad():
+        assert not torch.allclose(soft_model.terms(image, flow, soft).generator_losses,
+                                  soft_model.terms(image, flow, thresholded).generator_losses)
+    hard_terms = hard_model.terms(image, flow, soft)
+    reference = soft_model.terms(image, flow, thresholded)
+    for name in ("error_in", "error_out", "denom_in", "denom_out", "generator_losses", "inpainter_loss"):
+        torch.testing.assert_close(getattr(hard_terms, name), getattr(reference, name))
+    hard_terms.generator_loss.backward()
+    reference.generator_loss.backward()
+    torch.testing.assert_close(soft.grad, thresholded.grad)
+    assert soft.grad.abs().sum() > 0
+
+
 def test_hidden_region_is_the_thresholded_mask_with_a_minimum_size():
     torch.manual_seed(0)
     undecided = torch.rand(2, 1, 10, 10) * 0.4  # below 0.5 everywhere
@@ -685,7 +708,7 @@ def test_objective_report_scores_each_source_of_masks_with_the_generators_loss(t
     by_source = {r.source: r for r in rows}
     assert "| ground truth | 5 |" in objective_table(rows)
 
-    model_losses, truth_losses = [], []
+    model_losses, truth_losses, truth_reached = [], [], []
     with torch.no_grad():
         for sequence in dataset:
             for t in range(3 if sequence.name == "synth-000" else 2):
@@ -700,12 +723,64 @@ def test_objective_report_scores_each_source_of_masks_with_the_generators_loss(t
                 image, net_flow = model.normalize(batch["image"], batch["flow"])
                 recon = model._reconstruct(image, net_flow, truth)
                 truth_losses.append(naive_cis(net_flow, truth, *recon, model.config.epsilon_per_element, cap=True)[0])
+                terms = model.terms(image, net_flow, truth)
+                truth_reached.append([float(terms.error_in / terms.denom_in >= 1),
+                                      float(terms.error_out / terms.denom_out >= 1)])
     assert model.steps_done == 0
     assert by_source["model"].generator_loss == pytest.approx(np.mean(model_losses), abs=1e-5)
     assert by_source["ground truth"].generator_loss == pytest.approx(np.mean(truth_losses), abs=1e-5)
     assert by_source["ground truth"].generator_loss != pytest.approx(by_source["model"].generator_loss, abs=1e-3)
+    reached = np.mean(truth_reached, axis=0)
+    assert (by_source["ground truth"].at_least_one_in, by_source["ground truth"].at_least_one_out) == tuple(reached)
     with pytest.raises(InputError, match="no cached flow with gap -2"):
         objective_report(model, dataset, flows, size, gap=-2)
+
+
+def test_descend_generator_lowers_the_objective_the_report_scores_and_leaves_the_model_alone(tmp_path):
+    """One step over every frame at once sees exactly the report's generator loss (the same
+    function, BatchNorm in eval mode); more steps lower it by a margin; the inpainter and the
+    given model are unchanged. The inpainter's last layer is zeroed, so that it fills a hole with
+    the mean of the visible flow (``inpainter_context='mean'``): an inpainter that has learned
+    something, under which the annotations are a far better answer than the untrained generator's
+    masks (an untrained inpainter's objective is flat around near-uniform masks)."""
+    from densessl.video.motion_vos_eval import DescentConfig, descend_generator, objective_report
+
+    root, flows = tmp_path / "davis", tmp_path / "flows"
+    make_motion_set(root, flows, num_sequences=2, num_frames=4, num_val=2)
+    torch.manual_seed(0)
+    model = MotionVOSModel(MotionVOSNetConfig(**TINY_NET, mask_temperature=1.0)).eval()
+    with torch.no_grad():
+        model.inpainter.decoder.head.weight.zero_()
+        model.inpainter.decoder.head.bias.zero_()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    dataset = DavisDataset(root, year=2017, split="val")
+    size = (24, 32)
+
+    def model_loss(m: MotionVOSModel) -> float:
+        return next(r for r in objective_report(m, dataset, flows, size) if r.source == "model").generator_loss
+
+    whole = descend_generator(model, dataset, flows, size, config=DescentConfig(steps=1, batch_size=100))
+    assert whole.frames == 8 and whole.losses[0] == pytest.approx(model_loss(model), abs=1e-5)
+
+    result = descend_generator(model, dataset, flows, size, config=DescentConfig(steps=40, lr=1e-3, batch_size=4))
+    assert len(result.losses) == 40
+    truth = next(r for r in objective_report(model, dataset, flows, size) if r.source == "ground truth")
+    assert truth.generator_loss < model_loss(model) - 0.15
+    assert model_loss(result.model) < model_loss(model) - 0.1
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key  # the given model is not trained
+        if key.startswith("inpainter."):
+            assert torch.equal(result.model.state_dict()[key], value), key
+    assert any(not torch.equal(result.model.state_dict()[k], before[k]) for k in before if k.startswith("generator."))
+    thresholded = descend_generator(model, dataset, flows, size, config=DescentConfig(steps=1, batch_size=100,
+                                                                                     hard_weights=True))
+    hard_row = next(r for r in objective_report(model, dataset, flows, size) if r.source == "model, thresholded")
+    assert thresholded.losses[0] == pytest.approx(hard_row.generator_loss, abs=1e-5)
+    assert not thresholded.model.config.hard_weights and not model.config.hard_weights
+    with pytest.raises(InputError, match="no cached flow with gap -1"):
+        descend_generator(model, dataset, flows, size, gap=-1)
+    with pytest.raises(InputError, match="must be positive"):
+        descend_generator(model, dataset, flows, size, config=DescentConfig(steps=0))
 
 
 def test_train_then_eval_tools_end_to_end(tmp_path):
@@ -753,11 +828,19 @@ def test_train_then_eval_tools_end_to_end(tmp_path):
     assert [r["source"] for r in rows][-1] == "ground truth" and {r["frames"] for r in rows} == {8}  # 2 × 4 frames
     assert json.loads((objective_out / "settings.json").read_text())["objective"] == rows
     assert "| camera-compensated | 8 |" in (objective_out / "objective.md").read_text()
+    descent_out = tmp_path / "descent"
+    assert eval_main(["--checkpoint", str(run / "checkpoints" / "motion_vos.pt"), *args, "--descend-steps", "3",
+                      "--out", str(descent_out)]) == 0
+    descent = json.loads((descent_out / "descent.json").read_text())
+    assert len(descent["losses"]) == 3 and descent["frames"] == 8 and descent["gap"] == 1
+    assert descent["objective"] == "model"
+    assert json.loads((descent_out / "settings.json").read_text())["descend_steps"] == 3
 
     base = tmp_path / "baseline"
     assert eval_main(["--baseline", "flow-magnitude", *args, "--out", str(base)]) == 0
     assert eval_main(["--baseline", "flow-magnitude", *args, "--out", str(base)]) == 2  # not empty
     assert eval_main(["--baseline", "flow-magnitude", *args, "--objective", "--out", str(tmp_path / "o")]) == 2
+    assert eval_main(["--baseline", "flow-magnitude", *args, "--descend-steps", "2", "--out", str(tmp_path / "o")]) == 2
     assert eval_main(["--baseline", "camera-compensated", *args, "--out", str(tmp_path / "cc")]) == 0
     assert eval_main(["--baseline", "camera-compensated", *args, "--temporal", "--out", str(tmp_path / "cct")]) == 0
     assert (tmp_path / "cct" / "temporal" / "global_results-val.csv").is_file()

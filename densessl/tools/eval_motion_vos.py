@@ -11,7 +11,9 @@ smoothing of the probabilities), ``<out>/crf/...`` with ``--crf`` (DenseCRF of t
 probabilities) and ``<out>/temporal_crf/...`` with both, overlay strips of the raw masks under
 ``<out>/overlays/``, and prints the raw and each refined score separately. ``--objective`` also
 reports the CIS objective of the model's masks against the baselines' and the annotations' (a
-diagnostic: does the generator miss better answers to its own objective?). No choice is made using
+diagnostic: does the generator miss better answers to its own objective?); ``--descend-steps N``
+first trains the generator alone for N more steps against the checkpoint's frozen inpainter (a
+diagnostic: can it reach those answers when the inpainter stops adapting?). No choice is made using
 the ground truth: it is read only to score the final masks.
 """
 
@@ -68,6 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also report the CIS objective (the generator's loss under the checkpoint's "
                         "inpainter) of the model's masks against the flow baselines' masks and the "
                         "annotations, at the first of --gaps (objective.md / objective.json)")
+    parser.add_argument("--descend-steps", type=int, default=0, metavar="N",
+                        help="diagnostic: first train the generator alone for N more steps against the "
+                        "checkpoint's frozen inpainter on these frames (flow at the first of --gaps, no "
+                        "annotation read), then predict and score with it (descent.json has the losses)")
+    parser.add_argument("--descend-lr", type=float, default=1e-4, help="Adam lr of --descend-steps")
+    parser.add_argument("--descend-batch-size", type=int, default=8, help="batch size of --descend-steps")
+    parser.add_argument("--descend-objective", choices=("model", "soft", "thresholded"), default="model",
+                        help="what --descend-steps minimises: the checkpoint's own generator loss (default), "
+                        "the soft masks' terms, or the thresholded masks' terms (straight-through gradients)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     return parser
 
@@ -79,6 +90,25 @@ def _write_masks(folder: Path, sequence, masks: np.ndarray) -> None:
         path = folder / f"{name}.png"
         if not cv2.imwrite(str(path), np.where(mask, 255, 0).astype(np.uint8)):
             raise InputError("cannot write the mask", path)
+
+
+def _descend(model, dataset, flow_root: Path, args: argparse.Namespace, gap: int, device, out: Path):
+    """The model with its generator trained further against its frozen inpainter (``--descend-steps``)."""
+    from densessl.video.motion_vos_eval import DescentConfig, descend_generator
+
+    hard_weights = {"model": None, "soft": False, "thresholded": True}[args.descend_objective]
+    config = DescentConfig(steps=args.descend_steps, lr=args.descend_lr, batch_size=args.descend_batch_size,
+                           hard_weights=hard_weights)
+    result = descend_generator(model, dataset, flow_root, tuple(args.size), gap, config, device, progress=True)
+    window = max(1, min(50, len(result.losses) // 5))
+    first, last = np.mean(result.losses[:window]), np.mean(result.losses[-window:])
+    print(f"generator descent against the frozen inpainter ({result.frames} frames, gap {gap:+d}): "
+          f"loss {first:.3f} over the first {window} steps, {last:.3f} over the last {window}")
+    record = {"steps": config.steps, "lr": config.lr, "batch_size": config.batch_size, "grad_clip": config.grad_clip,
+              "seed": config.seed, "objective": args.descend_objective, "gap": gap, "frames": result.frames,
+              "losses": result.losses}
+    (out / "descent.json").write_text(json.dumps(record) + "\n")
+    return result.model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.objective and not args.checkpoint:
             raise InputError("--objective needs --checkpoint: it scores masks under a model's objective")
+        if args.descend_steps and not args.checkpoint:
+            raise InputError("--descend-steps needs --checkpoint: it trains a model's generator further")
+        if args.descend_steps < 0 or args.descend_lr <= 0 or args.descend_batch_size < 1:
+            raise InputError("--descend-steps must be >= 0, --descend-lr > 0 and --descend-batch-size >= 1, got "
+                             f"{args.descend_steps}, {args.descend_lr} and {args.descend_batch_size}")
         if not 0.0 < args.threshold < 1.0:
             raise InputError(f"--threshold must lie in (0, 1), got {args.threshold}")
         if min(args.size) < 8:
@@ -115,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.checkpoint:
             device = resolve_device(args.device)
             model = load_motion_vos(args.checkpoint, generator=args.generator)
+            if args.descend_steps:
+                model = _descend(model, dataset, flow_root, args, gaps[0], device, out)
             predictor = model_predictor(model.to(device), config, device)
         else:
             predictor = baseline_predictor(args.baseline)
@@ -176,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             "year": dataset.year, "split": args.split, "flow_root": str(flow_root), "gaps": list(gaps),
             "size": list(args.size), "flip": args.flip, "threshold": args.threshold,
             "temporal": args.temporal, "crf": args.crf, "generator": args.generator if args.checkpoint else None,
-            "scores": summary, "objective": objective,
+            "descend_steps": args.descend_steps, "scores": summary, "objective": objective,
         }
         (out / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
         return 0

@@ -54,6 +54,7 @@ class MotionVOSNetConfig:
     generator_steps: int = 3  # generator steps per inpainter step
     inpainter_warmup_steps: int = 0  # inpainter-only steps before the adversarial schedule
     hard_context: bool = True  # the inpainter sees the thresholded mask (straight-through gradient)
+    hard_weights: bool = False  # E and D weighted by the thresholded mask (straight-through gradient)
     normalizer: str = "image_only"  # D(m) from the image-only inpainter, or "zero": from zero flow (|u|)
     input_stride: int = 2  # the networks and the loss work at 1/input_stride of the input size
     cap_ratio: bool = True  # generator loss with min(E/D, 1) (see densessl.losses.cis); reference: False
@@ -397,6 +398,8 @@ class MotionVOSModel(nn.Module):
         cap, so ``generator_loss`` is what the generator minimises; ``image`` and ``flow`` are
         normalised inputs (:meth:`normalize`)."""
         recon = self._reconstruct(image, flow, mask)
+        if self.config.hard_weights:  # straight-through: the thresholded mask's terms, the soft mask's gradients
+            mask = mask + (hide_region(mask) - mask).detach()
         return cis_terms(flow, mask, *recon, epsilon_per_element=self.config.epsilon_per_element,
                          cap_ratio=self.config.cap_ratio)
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from densessl.datasets.davis import VOID_ID, DavisDataset, DavisSequence
 from densessl.datasets.flow_cache import find_flow, flow_path, gap_folder, read_frame_flow
@@ -156,6 +157,19 @@ class ObjectiveRow:
     ratio_in: float  # E(m) / D(m): the inpainter's error inside the mask, relative to the image alone
     ratio_out: float  # E(1−m) / D(1−m): the same for the complement
     generator_loss: float  # what the generator minimises (ratios capped at 1 when the model caps)
+    at_least_one_in: float  # fraction of frames with E(m) / D(m) ≥ 1: with the cap, no gradient on that side
+    at_least_one_out: float  # the same for the complement
+
+
+def frames_with_flow(
+    sequence: DavisSequence, flow_root: str | os.PathLike, gap: int
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """``(t, frame, flow)`` for every frame of ``sequence`` with cached flow at ``gap``: the
+    ``H×W×3`` uint8 RGB frame and its ``H×W×2`` flow in pixels at the frame's size."""
+    for t, name in enumerate(sequence.frame_names):
+        path = find_flow(flow_root, gap, sequence.name, name)
+        if path is not None:
+            yield t, sequence.frame(t), read_frame_flow(path, sequence.size)
 
 
 def _downsample_mask(mask: np.ndarray, size: tuple[int, int], device: torch.device | str) -> torch.Tensor:
@@ -184,7 +198,9 @@ def objective_report(
     same thresholded at 0.5, the two flow baselines, and the annotation where a frame has one. A
     source with a *lower* generator loss than the model's own masks is a better answer to the
     objective that the generator did not find; a source that is worse on the objective but better
-    on J points at the objective instead. Masks are compared at the networks' resolution.
+    on J points at the objective instead. Masks are compared at the networks' resolution. Each
+    row also counts the frames whose ratio reaches 1 on each side: with ``cap_ratio`` that side's
+    term is flat there, and gives the generator no gradient.
     """
     from tqdm import tqdm
 
@@ -193,13 +209,7 @@ def objective_report(
     counts: dict[str, int] = {}
     sequences = list(sequences)
     for sequence in tqdm(sequences, desc="CIS objective", unit="seq", disable=not progress):
-        height, width = sequence.size
-        for t, name in enumerate(sequence.frame_names):
-            path = find_flow(flow_root, gap, sequence.name, name)
-            if path is None:
-                continue
-            flow = read_frame_flow(path, (height, width))
-            frame = sequence.frame(t)
+        for t, frame, flow in frames_with_flow(sequence, flow_root, gap):
             image, net_flow = model.normalize(*frame_inputs(frame, flow, size, device))
             net_size = tuple(net_flow.shape[-2:])
             soft = model.inference_generator.mask(model.inference_generator(image, net_flow)).float()
@@ -212,8 +222,9 @@ def objective_report(
             stacked = torch.cat(list(masks.values()))
             k = stacked.shape[0]
             terms = model.terms(image.expand(k, -1, -1, -1), net_flow.expand(k, -1, -1, -1), stacked)
-            values = torch.stack([terms.error_in / terms.denom_in, terms.error_out / terms.denom_out,
-                                  terms.generator_losses], dim=1).cpu().double().numpy()
+            ratio_in, ratio_out = terms.error_in / terms.denom_in, terms.error_out / terms.denom_out
+            values = torch.stack([ratio_in, ratio_out, terms.generator_losses, (ratio_in >= 1).float(),
+                                  (ratio_out >= 1).float()], dim=1).cpu().double().numpy()
             for source, row in zip(masks, values):
                 sums[source] = sums.get(source, 0.0) + row
                 counts[source] = counts.get(source, 0) + 1
@@ -225,10 +236,101 @@ def objective_report(
 
 def objective_table(rows: Sequence[ObjectiveRow]) -> str:
     """Markdown table of :func:`objective_report`'s rows."""
-    lines = ["| masks | frames | E/D inside | E/D outside | generator loss |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {r.source} | {r.frames} | {r.ratio_in:.3f} | {r.ratio_out:.3f} | {r.generator_loss:.3f} |"
-              for r in rows]
+    lines = ["| masks | frames | E/D inside | E/D outside | generator loss | E/D ≥ 1 inside | E/D ≥ 1 outside |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r.source} | {r.frames} | {r.ratio_in:.3f} | {r.ratio_out:.3f} | {r.generator_loss:.3f} | "
+              f"{r.at_least_one_in:.0%} | {r.at_least_one_out:.0%} |" for r in rows]
     return "\n".join(lines)
+
+
+@dataclass
+class DescentConfig:
+    """:func:`descend_generator`'s settings (those of a generator step in training by default)."""
+
+    steps: int = 500
+    lr: float = 1e-4
+    batch_size: int = 8
+    grad_clip: float = 0.2  # global gradient norm
+    seed: int = 0
+    # the objective descended: None, the model's own; True, the thresholded masks' terms
+    # (straight-through, ``hard_weights``); False, the soft masks' terms
+    hard_weights: bool | None = None
+
+
+@dataclass
+class DescentResult:
+    model: MotionVOSModel  # a copy: the checkpoint's inpainter, the generator after the descent
+    losses: list[float]  # the generator loss of each step's batch, before the step
+    frames: int  # frames descended on (those with cached flow at the gap)
+
+
+def descend_generator(
+    model: MotionVOSModel,
+    sequences: Iterable[DavisSequence],
+    flow_root: str | os.PathLike,
+    size: tuple[int, int],
+    gap: int = 1,
+    config: DescentConfig | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> DescentResult:
+    """Train a copy of the generator alone against the model's inpainter, frozen.
+
+    A diagnostic that separates the two ways a CIS generator can miss better answers to its own
+    objective (:func:`objective_report`): if, with the inpainter held fixed, the generator
+    descends to the loss of a better source (the annotations, a baseline), what kept it from them
+    in training was the game (the inpainter adapting to its masks); if it does not, it is the
+    generator's own optimisation. The copy's generator minimises exactly the objective the report
+    scores: the generator loss of :meth:`MotionVOSModel.terms` with both networks in eval mode
+    (BatchNorm with its running statistics), the inpainter's weights unchanged, on the frames with
+    cached flow at ``gap`` resized to ``size`` (no augmentation; no annotation is read), Adam and
+    gradient clipping as in training; ``config.hard_weights`` can swap the soft masks' terms for the
+    thresholded masks' (the returned model keeps its own). :attr:`MotionVOSModel.inference_generator` is the one trained,
+    so with a moving average it is the average that descends. ``model`` itself is not changed.
+    """
+    import copy
+
+    from tqdm import tqdm
+
+    config = config or DescentConfig()
+    if config.steps < 1 or config.batch_size < 1 or config.lr <= 0 or config.grad_clip <= 0:
+        raise InputError(f"descent steps, batch size, lr and grad_clip must be positive, got {config}")
+    model = copy.deepcopy(model).eval().to(device)
+    own_hard_weights = model.config.hard_weights
+    if config.hard_weights is not None:
+        model.config.hard_weights = config.hard_weights
+    generator = model.inference_generator
+    model.requires_grad_(False)
+    generator.requires_grad_(True)
+    images, flows = [], []
+    for sequence in sequences:
+        for _, frame, flow in frames_with_flow(sequence, flow_root, gap):
+            image, net_flow = model.normalize(*frame_inputs(frame, flow, size, device))
+            images.append(image)
+            flows.append(net_flow)
+    if not images:
+        raise InputError(f"no cached flow with gap {gap_folder(gap)} for any frame", Path(flow_root))
+    images, flows = torch.cat(images), torch.cat(flows)
+    optimizer = torch.optim.Adam(generator.parameters(), lr=config.lr)
+    shuffler = torch.Generator().manual_seed(config.seed)
+    batch_size = min(config.batch_size, len(images))
+    batches: list[Tensor] = []
+    losses = []
+    for _ in tqdm(range(config.steps), desc="generator descent", unit="step", disable=not progress):
+        if not batches:  # a new epoch in a new order; its last, incomplete batch is dropped
+            order = torch.randperm(len(images), generator=shuffler)
+            batches = list(order[: len(order) // batch_size * batch_size].split(batch_size))
+        batch = batches.pop(0).to(images.device)
+        image, flow = images[batch], flows[batch]
+        loss = model.terms(image, flow, generator.mask(generator(image, flow))).generator_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(generator.parameters(), config.grad_clip)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    model.requires_grad_(True)
+    model.config.hard_weights = own_hard_weights
+    return DescentResult(model.eval(), losses, len(images))
 
 
 GENERATOR_CHOICES = ("average", "trained")
