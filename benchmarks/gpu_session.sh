@@ -10,7 +10,7 @@
 #
 # Environment:
 #   STAGES         any of: env build scs test corr crw vos prop crw-compile crw-real
-#                  crw-real-roi vos-real vos-real-nocap vos-real-t1 (default: the first nine,
+#                  crw-real-roi vos-real vos-real-nocap vos-real-t1 vos-real-hard (default: the first nine,
 #                  in that order)
 #   BUDGET_S=N     wall-clock budget of the whole session in seconds: each stage's time limit is
 #                  cut to what is left, a stage is skipped (and says so) when too little is left
@@ -46,6 +46,7 @@
 #              then the unsupervised evaluation of the raw masks   vos_real.log
 #   vos-real-nocap the same with model.cap_ratio=false (the reference loss) vos_real_nocap.log
 #   vos-real-t1    the same as vos-real with model.mask_temperature=1  vos_real_t1.log
+#   vos-real-hard  the same with model.hard_weights=true              vos_real_hard.log
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -156,12 +157,13 @@ train.amp=bf16 train.channels_last=true train.num_workers=12 train.out_dir=$RUNS
 train.name=$stage train.progress=false --overwrite && $PYTHON -m densessl.cli eval-davis \
 --backbone resnet18-crw --weights $RUNS/$stage/checkpoints/backbone.pt --davis-root $DAVIS \
 --year 2016 --out $RUNS/$stage-eval --overwrite" ;;
-    vos-real|vos-real-nocap|vos-real-t1)
+    vos-real|vos-real-nocap|vos-real-t1|vos-real-hard)
       need_davis "$stage"
       # the one override that sets a variant apart; vos-real follows configs/motion_vos.yaml
       case $stage in
         vos-real-nocap) variant="model.cap_ratio=false" ;;
         vos-real-t1) variant="model.mask_temperature=1" ;;
+        vos-real-hard) variant="model.hard_weights=true" ;;
         *) variant="" ;;
       esac
       # compute-flow skips the flow files that exist, so the second stage reuses the first's
@@ -173,7 +175,7 @@ train.amp=bf16 train.num_workers=12 train.out_dir=$RUNS train.name=$stage train.
 --overwrite && $PYTHON tools/eval_motion_vos.py --checkpoint $RUNS/$stage/checkpoints/motion_vos.pt \
 --davis-root $DAVIS --flow-root $RUNS/flows --out $RUNS/$stage-eval --overwrite --temporal" ;;
     *) echo "unknown stage '$stage' (expected env build scs test corr crw vos prop crw-compile" \
-            "crw-real crw-real-roi vos-real vos-real-nocap vos-real-t1)" >&2
+            "crw-real crw-real-roi vos-real vos-real-nocap vos-real-t1 vos-real-hard)" >&2
        exit 2 ;;
   esac
 done

@@ -33,10 +33,10 @@ def packed_names(tmp_path: Path) -> set[str]:
 
 def test_stages_that_do_not_fit_the_budget_are_skipped_and_the_results_packed(tmp_path: Path) -> None:
     # a 6-minute training needs 510 s; a 100 s budget leaves 80 after packing
-    result = run_session(tmp_path, STAGES="crw-real vos-real vos-real-t1", BUDGET_S="100")
+    result = run_session(tmp_path, STAGES="crw-real vos-real vos-real-t1 vos-real-hard", BUDGET_S="100")
     assert result.returncode == 0, result.stderr
     assert "crw_real.log: skipped" in result.stdout and "vos_real.log: skipped" in result.stdout
-    assert "vos_real_t1.log: skipped" in result.stdout
+    assert "vos_real_t1.log: skipped" in result.stdout and "vos_real_hard.log: skipped" in result.stdout
     assert "510 s needed" in result.stdout and "540 s needed" in result.stdout
     assert {"crw_real.log", "vos_real.log"} <= packed_names(tmp_path)
     assert "skipped" in (tmp_path / "results" / "crw_real.log").read_text()

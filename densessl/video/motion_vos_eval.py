@@ -279,14 +279,16 @@ def descend_generator(
     A diagnostic that separates the two ways a CIS generator can miss better answers to its own
     objective (:func:`objective_report`): if, with the inpainter held fixed, the generator
     descends to the loss of a better source (the annotations, a baseline), what kept it from them
-    in training was the game (the inpainter adapting to its masks); if it does not, it is the
-    generator's own optimisation. The copy's generator minimises exactly the objective the report
+    in training was the game (the inpainter adapting to its masks); if it does not descend, it is
+    the generator's own optimisation; if it descends past them to masks that are not the objects,
+    the objective under that inpainter does not single the objects out. The copy's generator minimises exactly the objective the report
     scores: the generator loss of :meth:`MotionVOSModel.terms` with both networks in eval mode
     (BatchNorm with its running statistics), the inpainter's weights unchanged, on the frames with
     cached flow at ``gap`` resized to ``size`` (no augmentation; no annotation is read), Adam and
-    gradient clipping as in training; ``config.hard_weights`` can swap the soft masks' terms for the
-    thresholded masks' (the returned model keeps its own). :attr:`MotionVOSModel.inference_generator` is the one trained,
-    so with a moving average it is the average that descends. ``model`` itself is not changed.
+    gradient clipping as in training; ``config.hard_weights`` can swap the soft masks' terms for
+    the thresholded masks' (the returned model keeps its own setting).
+    :attr:`MotionVOSModel.inference_generator` is the one trained, so with a moving average it is
+    the average that descends. ``model`` itself is not changed.
     """
     import copy
 
