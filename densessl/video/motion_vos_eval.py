@@ -281,8 +281,9 @@ def descend_generator(
     descends to the loss of a better source (the annotations, a baseline), what kept it from them
     in training was the game (the inpainter adapting to its masks); if it does not descend, it is
     the generator's own optimisation; if it descends past them to masks that are not the objects,
-    the objective under that inpainter does not single the objects out. The copy's generator minimises exactly the objective the report
-    scores: the generator loss of :meth:`MotionVOSModel.terms` with both networks in eval mode
+    the objective under that inpainter does not single the objects out. The copy's generator
+    minimises exactly the objective the report scores: the generator loss of
+    :meth:`MotionVOSModel.terms` with both networks in eval mode
     (BatchNorm with its running statistics), the inpainter's weights unchanged, on the frames with
     cached flow at ``gap`` resized to ``size`` (no augmentation; no annotation is read), Adam and
     gradient clipping as in training; ``config.hard_weights`` can swap the soft masks' terms for
