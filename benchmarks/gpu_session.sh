@@ -10,8 +10,8 @@
 #
 # Environment:
 #   STAGES         any of: env build scs test corr crw vos prop crw-compile crw-real
-#                  crw-real-roi vos-real vos-real-nocap vos-real-t1 vos-real-hard (default: the first nine,
-#                  in that order)
+#                  crw-real-roi vos-real vos-real-nocap vos-real-t1 vos-real-hard (default: the
+#                  first nine, in that order)
 #   BUDGET_S=N     wall-clock budget of the whole session in seconds: each stage's time limit is
 #                  cut to what is left, a stage is skipped (and says so) when too little is left
 #                  (a real-data stage needs its whole limit), and the results are packed in time
