@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """CRW training speed: model step (fp32 / bf16 + channels_last / + torch.compile / roi mode)
-and the data path (decode + device augmentation of 256p mp4 clips with N workers).
+and the data path (decode + device augmentation of 256p clips with N workers, from mp4s or from
+folders of JPEG frames).
 
 Model step = device augmentation + encoder + walk loss + backward + Adam step, on synthetic
 uint8 clips already on the device; reports clips/s and peak GPU memory. The paper setting is
@@ -9,6 +10,7 @@ batch 20 clips × 4 frames × 49 patches of 64×64 (ResNet-18, layer4).
     python benchmarks/bench_crw.py                 # GPU: all model variants + data path
     python benchmarks/bench_crw.py --quick         # CPU-sized smoke run
     python benchmarks/bench_crw.py --skip-data --variants fp32 bf16-cl roi-bf16-cl
+    python benchmarks/bench_crw.py --skip-model --source frames   # data path from JPEG folders
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
+import cv2
 import numpy as np
 import torch
 
@@ -85,17 +89,32 @@ def bench_model(variant: str, args: argparse.Namespace, device: torch.device) ->
     }
 
 
-def write_videos(folder: Path, count: int, frames: int, height: int = 256, width: int = 341) -> None:
-    import cv2
+def moving_texture(rng: np.random.Generator, frames: int, height: int, width: int) -> Iterator[np.ndarray]:
+    """``frames`` BGR uint8 frames of a smooth random texture panning right and down."""
+    base = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
+    base = cv2.resize(base, (width * 2, height * 2), interpolation=cv2.INTER_CUBIC)
+    for t in range(frames):
+        yield np.ascontiguousarray(base[t : t + height, 2 * t : 2 * t + width])
 
+
+def write_videos(folder: Path, count: int, frames: int, height: int = 256, width: int = 341) -> None:
+    """``count`` mp4s (Kinetics-like 4:3 at 256p, 24 fps) in ``folder``."""
     rng = np.random.default_rng(0)
     for i in range(count):
         writer = cv2.VideoWriter(str(folder / f"v{i:03d}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 24.0, (width, height))
-        base = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
-        base = cv2.resize(base, (width * 2, height * 2), interpolation=cv2.INTER_CUBIC)
-        for t in range(frames):
-            writer.write(np.ascontiguousarray(base[t : t + height, 2 * t : 2 * t + width]))
+        for frame in moving_texture(rng, frames, height, width):
+            writer.write(frame)
         writer.release()
+
+
+def write_frame_folders(folder: Path, count: int, frames: int, height: int = 256, width: int = 455) -> None:
+    """``count`` folders of JPEG frames (DAVIS-like 16:9 at short side 256, JPEG quality 95)."""
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        sequence = folder / f"s{i:03d}"
+        sequence.mkdir()
+        for t, frame in enumerate(moving_texture(rng, frames, height, width)):
+            cv2.imwrite(str(sequence / f"{t:05d}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
 
 
 def bench_data(args: argparse.Namespace, device: torch.device) -> list[dict]:
@@ -105,11 +124,18 @@ def bench_data(args: argparse.Namespace, device: torch.device) -> list[dict]:
 
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-crw-") as tmp:
-        folder = Path(tmp) / "videos"
-        folder.mkdir()
-        write_videos(folder, args.videos, args.video_frames)
-        dataset = build_clip_dataset(videos=folder, clip_len=args.frames, target_fps=8.0, short_side=256,
-                                     cache_dir=Path(tmp) / "cache")
+        if args.data_root is not None:
+            folder = args.data_root
+        else:
+            folder = Path(tmp) / args.source
+            folder.mkdir()
+            if args.source == "videos":
+                write_videos(folder, args.videos, args.video_frames)
+            else:
+                write_frame_folders(folder, args.videos, args.video_frames)
+        # frame folders are taken to be at 8 fps already, as DAVIS-style training sets usually are
+        dataset = build_clip_dataset(**{args.source: folder}, clip_len=args.frames, target_fps=8.0,
+                                     short_side=256, cache_dir=Path(tmp) / "cache")
         augment = CRWAugment(frame_size=args.frame_size, patch_size=args.patch_size,
                              patch_stride=args.patch_stride).to(device)
         for workers in args.workers:
@@ -134,6 +160,8 @@ def bench_data(args: argparse.Namespace, device: torch.device) -> list[dict]:
             results.append({
                 "workers": workers, "clips": clips, "clips_per_s": clips / elapsed,
                 "augment_clips_per_s": clips / max(augment_s, 1e-9),
+                # with 0 workers: one process's decode rate; with N: the loader waited on that long
+                "loader_clips_per_s": clips / max(decode_s, 1e-9),
                 "patches_shape": list(views.patches.shape),
             })
     return results
@@ -154,7 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-model", action="store_true")
     parser.add_argument("--skip-data", action="store_true")
     parser.add_argument("--workers", type=int, nargs="*", default=[0, 4, 8, 16])
-    parser.add_argument("--videos", type=int, default=16)
+    parser.add_argument("--source", choices=["videos", "frames"], default="videos",
+                        help="data path from mp4s (256×341) or from folders of JPEG frames (256×455, at 8 fps)")
+    parser.add_argument("--videos", type=int, default=16, help="number of mp4s or frame folders")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="measure on these videos (--source videos) or frame folders (--source frames) "
+                             "instead of generated ones")
     parser.add_argument("--video-frames", type=int, default=72)
     parser.add_argument("--data-clips", type=int, default=400)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
@@ -187,11 +220,15 @@ def main(argv: list[str] | None = None) -> int:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     if not args.skip_data:
-        print(f"data path: {args.videos} mp4s 256×341, decode + resize + collate, then device augmentation")
+        source = (f"{args.source} under {args.data_root}" if args.data_root is not None
+                  else "mp4s 256×341" if args.source == "videos" else "JPEG frame folders 256×455")
+        count = "" if args.data_root is not None else f"{args.videos} "
+        print(f"data path: {count}{source}, decode + resize + collate, then device augmentation")
         report["data"] = bench_data(args, device)
         for row in report["data"]:
             print(f"  workers {row['workers']:>2}: {row['clips_per_s']:8.1f} clips/s end to end, "
-                  f"augmentation alone {row['augment_clips_per_s']:8.1f} clips/s")
+                  f"loader alone {row['loader_clips_per_s']:8.1f}, augmentation alone "
+                  f"{row['augment_clips_per_s']:8.1f} clips/s")
     if args.out is not None:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     return 0
