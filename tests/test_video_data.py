@@ -106,6 +106,20 @@ def test_frame_folder_list_file(tmp_path):
         find_frame_folders(listing)
 
 
+def test_davis_root_gives_its_frames_not_its_masks(tmp_path):
+    root = tmp_path / "DAVIS"
+    for seq in ("bear", "car"):
+        write_frame_folder(root / "JPEGImages" / "480p" / seq, 4)
+        write_frame_folder(root / "Annotations" / "480p" / seq, 4)
+    folders = find_frame_folders(root)
+    assert folders == [root / "JPEGImages" / "480p" / "bear", root / "JPEGImages" / "480p" / "car"]
+    write_frame_folder(root / "JPEGImages" / "Full-Resolution" / "bear", 4)
+    for source in (root, root / "JPEGImages"):  # each sequence would be read at both resolutions
+        with pytest.raises(InputError, match="480p, Full-Resolution.*JPEGImages/480p"):
+            find_frame_folders(source)
+    assert len(find_frame_folders(root / "JPEGImages" / "480p")) == 2
+
+
 def test_missing_sources_are_input_errors(tmp_path):
     with pytest.raises(InputError, match="nowhere"):
         build_clip_dataset(videos=tmp_path / "nowhere")

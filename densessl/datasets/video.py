@@ -73,7 +73,10 @@ def find_frame_folders(source: str | os.PathLike) -> list[Path]:
     """Frame folders from a folder (every sub-folder, at any depth, that holds images) or a list file.
 
     A list file has one folder per line (relative paths are relative to the list file's
-    folder; blank lines and ``#`` comments are ignored).
+    folder; blank lines and ``#`` comments are ignored). In a folder tree, DAVIS-style mask
+    folders (under a folder named ``Annotations*``) are not frames and are left out; a
+    ``JPEGImages`` folder with several resolutions (``480p``, ``Full-Resolution``) is an error,
+    since every sequence would be read once per resolution.
     """
     source = Path(source)
     if source.is_file():
@@ -92,6 +95,21 @@ def find_frame_folders(source: str | os.PathLike) -> list[Path]:
     if not source.is_dir():
         raise InputError("frame folder (or list file) does not exist", source)
     folders = sorted({p.parent for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS})
+    masks = [f for f in folders if any(part.startswith("Annotations") for part in f.relative_to(source).parts)]
+    if masks:
+        log.info("frame folders: %d mask folders under Annotations* left out", len(masks))
+        folders = [f for f in folders if f not in set(masks)]
+    resolutions: dict[Path, set[str]] = {}
+    for folder in folders:
+        parts = folder.parts
+        if "JPEGImages" in parts[:-2]:  # <...>/JPEGImages/<resolution>/.../<sequence>
+            at = len(parts) - 1 - parts[::-1].index("JPEGImages")
+            resolutions.setdefault(Path(*parts[: at + 1]), set()).add(parts[at + 1])
+    for jpeg_images, found in resolutions.items():
+        if len(found) > 1:
+            raise InputError(
+                f"holds frames at several resolutions ({', '.join(sorted(found))}): give one of them, "
+                f"e.g. data.frames={jpeg_images / sorted(found)[0]}", jpeg_images)
     return folders
 
 
