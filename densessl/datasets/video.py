@@ -95,10 +95,10 @@ def find_frame_folders(source: str | os.PathLike) -> list[Path]:
     if not source.is_dir():
         raise InputError("frame folder (or list file) does not exist", source)
     folders = sorted({p.parent for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS})
-    masks = [f for f in folders if any(part.startswith("Annotations") for part in f.relative_to(source).parts)]
+    masks = {f for f in folders if any(part.startswith("Annotations") for part in f.relative_to(source).parts)}
     if masks:
         log.info("frame folders: %d mask folders under Annotations* left out", len(masks))
-        folders = [f for f in folders if f not in set(masks)]
+        folders = [f for f in folders if f not in masks]
     resolutions: dict[Path, set[str]] = {}
     for folder in folders:
         parts = folder.parts
