@@ -9,9 +9,9 @@
 #   STAGES=crw-real BUDGET_S=570 bash benchmarks/gpu_session.sh   # one real-data stage per run
 #
 # Environment:
-#   STAGES         any of: env build scs test corr crw vos prop crw-compile crw-real
-#                  crw-real-roi vos-real vos-real-nocap vos-real-t1 vos-real-hard (default: the
-#                  first nine, in that order)
+#   STAGES         any of: env build scs test corr crw vos prop crw-compile vos-compile
+#                  crw-real crw-real-roi vos-real vos-real-nocap vos-real-t1 vos-real-hard
+#                  (default: the first ten, in that order)
 #   BUDGET_S=N     wall-clock budget of the whole session in seconds: each stage's time limit is
 #                  cut to what is left, a stage is skipped (and says so) when too little is left
 #                  (a real-data stage needs its whole limit), and the results are packed in time
@@ -39,6 +39,7 @@
 #   prop   benchmarks/bench_propagation.py, fused kernel and per-frame ops, on a generated
 #          480p set                                              propagation.md
 #   crw-compile  bench_crw.py's torch.compile variants           crw_compile.md, crw_compile.json
+#   vos-compile  bench_motion_vos.py with torch.compile (bf16)   motion_vos_compile.md
 #   crw-real   REAL_MINUTES of CRW training with the default recipe (bf16, channels_last) on
 #              $DAVIS's frames, then label propagation on $DAVIS   crw_real.log
 #   crw-real-roi   the same with model.mode=roi                     crw_real_roi.log
@@ -52,7 +53,7 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 KIT="${KIT:-$ROOT/.gpu_kit}"
 RESULTS="${RESULTS:-$ROOT/gpu_results}"
-STAGES="${STAGES:-env build scs test corr crw vos prop crw-compile}"
+STAGES="${STAGES:-env build scs test corr crw vos prop crw-compile vos-compile}"
 BUDGET_S="${BUDGET_S:-0}"
 REAL_MINUTES="${REAL_MINUTES:-6}"
 # the kit's files are defaults: set a variable (empty: none) to override
@@ -148,6 +149,9 @@ $PYTHON benchmarks/bench_motion_vos.py --amp bf16 --channels-last" ;;
     crw-compile)
       run crw_compile.md 420 120 "$PYTHON" benchmarks/bench_crw.py --skip-data \
         --variants bf16-cl-compile roi-bf16-cl-compile --out "$RESULTS/crw_compile.json" ;;
+    vos-compile)
+      run motion_vos_compile.md 300 120 "$PYTHON" benchmarks/bench_motion_vos.py --amp bf16 \
+        --channels-last --compile ;;
     crw-real|crw-real-roi)
       need_davis "$stage"
       mode=patch; [[ $stage == crw-real-roi ]] && mode=roi
@@ -175,7 +179,7 @@ train.amp=bf16 train.num_workers=12 train.out_dir=$RUNS train.name=$stage train.
 --overwrite && $PYTHON tools/eval_motion_vos.py --checkpoint $RUNS/$stage/checkpoints/motion_vos.pt \
 --davis-root $DAVIS --flow-root $RUNS/flows --out $RUNS/$stage-eval --overwrite --temporal" ;;
     *) echo "unknown stage '$stage' (expected env build scs test corr crw vos prop crw-compile" \
-            "crw-real crw-real-roi vos-real vos-real-nocap vos-real-t1 vos-real-hard)" >&2
+            "vos-compile crw-real crw-real-roi vos-real vos-real-nocap vos-real-t1 vos-real-hard)" >&2
        exit 2 ;;
   esac
 done

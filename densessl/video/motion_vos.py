@@ -365,13 +365,17 @@ class MotionVOSModel(nn.Module):
             return True
         return (step - cfg.inpainter_warmup_steps) % (cfg.generator_steps + 1) == cfg.generator_steps
 
-    @torch.compiler.disable  # under torch.compile, a counter in the graph would recompile each step
-    def _advance_schedule(self) -> bool:
-        """Whether this call trains the inpainter; a call in training mode counts a step."""
+    # under torch.compile, reading the counter in the graph would recompile at every step (a guard
+    # on its value): it is read here only, and the graph sees the two flags
+    @torch.compiler.disable
+    def _advance_schedule(self) -> tuple[bool, bool]:
+        """Whether this call trains the inpainter, and whether it is a generator warm-start call;
+        a call in training mode counts a step."""
+        warm_start = self.training and self.steps_done < self.config.generator_warm_start_steps
         inpainter_step = self.is_inpainter_step(self.steps_done)
         if self.training:
             self.steps_done += 1
-        return inpainter_step
+        return inpainter_step, warm_start
 
     def _reconstruct(self, image: Tensor, flow: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The inpainter calls of the loss in one batch (the image is encoded once): inside the
@@ -405,8 +409,7 @@ class MotionVOSModel(nn.Module):
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         image, flow = self.normalize(batch["image"], batch["flow"])
-        warm_start = self.training and self.steps_done < self.config.generator_warm_start_steps
-        inpainter_step = self._advance_schedule()
+        inpainter_step, warm_start = self._advance_schedule()
         if inpainter_step:
             with torch.no_grad():
                 mask = self.generator.mask(self.generator(image, flow))
