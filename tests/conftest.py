@@ -9,9 +9,10 @@ use it are marked ``@requires_mini_davis`` and skip when it is absent.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,29 @@ requires_mini_davis = pytest.mark.skipif(
     not (MINI_DAVIS / "JPEGImages").is_dir(),
     reason=f"real DAVIS mini set not found at {MINI_DAVIS}",
 )
+
+@contextlib.contextmanager
+def compiled_counting_graphs(model: "torch.nn.Module") -> Iterator[tuple["torch.nn.Module", list]]:
+    """``torch.compile(model)`` with a backend that records every graph it is given (and runs it
+    eagerly), and dynamo's recompile limit raised above what a test runs, so that compiling again
+    at every step shows as more graphs instead of a silent fall back to eager."""
+    import torch
+    import torch._dynamo
+
+    graphs: list = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+    torch._dynamo.reset()
+    try:
+        with torch._dynamo.config.patch(**{limit: 64}):
+            yield torch.compile(model, backend=counting_backend), graphs
+    finally:
+        torch._dynamo.reset()
+
 
 # (sequence name, number of objects)
 TINY_SEQUENCES: tuple[tuple[str, int], ...] = (("bear-run", 1), ("cat-jump", 2), ("dog-walk", 3))

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import compiled_counting_graphs
 from densessl.augment.boxes import crop_and_resize, grid_boxes, random_resized_boxes
 from densessl.augment.crw import CRWAugment, clip_to_float
 from densessl.losses.random_walk import RandomWalkLoss
@@ -246,27 +247,15 @@ def test_training_model_backward_reaches_backbone_and_head(mode):
 
 @pytest.mark.parametrize("mode", ["patch", "roi"])
 def test_compiled_training_model_is_one_graph_for_every_step(mode):
-    import torch._dynamo
-
-    torch._dynamo.reset()
-    graphs = []
-
-    def counting_backend(graph_module, example_inputs):
-        graphs.append(graph_module)
-        return graph_module.forward
-
     torch.manual_seed(0)
     aug = CRWAugment(frame_size=32, patch_size=16, patch_stride=8, with_patches=mode == "patch")
     model = CRWTrainModel(aug, CRW(TinyBackbone(), mode=mode, embed_dim=8, edge_dropout=0.1))
-    compiled = torch.compile(model, backend=counting_backend)
-    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
-    with torch._dynamo.config.patch(**{limit: 64}):
+    with compiled_counting_graphs(model) as (compiled, graphs):
         for _ in range(4):  # new random crops, patch jitter and edge dropout at every step
             loss, _ = compiled(random_clip(b=2, t=4, h=36, w=40))
             loss.backward()
             model.zero_grad(set_to_none=True)
     assert len(graphs) == 1
-    torch._dynamo.reset()
 
 
 def test_crw_resnet18_paper_shapes():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_motion_set
+from conftest import compiled_counting_graphs, make_motion_set
 
 from densessl.datasets.davis import DavisDataset
 from densessl.datasets.motion_pairs import (
@@ -232,23 +232,11 @@ def test_loading_picks_the_average_or_the_trained_generator(tmp_path):
 def test_compiled_model_does_not_recompile_as_the_schedule_advances(warm_start_steps):
     """Under torch.compile the step counter must not reach the graph: a guard on its value would
     compile the forward again at every step (and fall back to eager at dynamo's limit)."""
-    import torch._dynamo
-
-    torch._dynamo.reset()
-    graphs = []
-
-    def counting_backend(graph_module, example_inputs):
-        graphs.append(graph_module)
-        return graph_module.forward
-
     torch.manual_seed(0)
     model = MotionVOSModel(MotionVOSNetConfig(**TINY_NET, generator_warm_start_steps=warm_start_steps))
-    compiled = torch.compile(model, backend=counting_backend)
     batch = {"image": torch.rand(2, 3, 24, 32), "flow": torch.randn(2, 2, 24, 32)}
     counts = []
-    # a limit above the steps taken, so that recompiling at every step would show as more graphs
-    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
-    with torch._dynamo.config.patch(**{limit: 64}):
+    with compiled_counting_graphs(model) as (compiled, graphs):
         for _ in range(20):  # five cycles of three generator steps and one inpainter step
             loss, _ = compiled(batch)
             loss.backward()
@@ -258,7 +246,6 @@ def test_compiled_model_does_not_recompile_as_the_schedule_advances(warm_start_s
     # every graph exists once the schedule has shown each kind of step after the warm start
     settled = warm_start_steps + 4
     assert counts[settled - 1] == counts[-1], counts
-    torch._dynamo.reset()
 
 
 def test_schedule_and_which_network_gets_gradients():
