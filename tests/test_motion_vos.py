@@ -21,10 +21,11 @@ from densessl.datasets.motion_pairs import (
 from densessl.errors import InputError
 from densessl.losses.cis import REFERENCE_EPSILON_PER_ELEMENT, charbonnier, cis_terms
 from densessl.models.unet import UNet
+import densessl.video.motion_vos as motion_vos
 from densessl.video.motion_vos import (
     FlowInpainter, MotionVOSModel, MotionVOSNetConfig, border_coverage, camera_compensated_foreground,
     MaskGenerator, context_flow_fit, fit_background_motion, flow_magnitude_foreground, hide_region, motion_basis,
-    orient_foreground, robust_motion_fit, standardize_flow,
+    orient_foreground, random_ellipse_masks, robust_motion_fit, standardize_flow,
 )
 
 TINY_NET = dict(generator_widths=(4, 8), inpainter_widths=(4, 8), dilations=(2,))
@@ -246,6 +247,48 @@ def test_compiled_model_does_not_recompile_as_the_schedule_advances(warm_start_s
     # every graph exists once the schedule has shown each kind of step after the warm start
     settled = warm_start_steps + 4
     assert counts[settled - 1] == counts[-1], counts
+
+
+def test_random_ellipse_masks_cover_the_asked_area_inside_the_frame():
+    torch.manual_seed(0)
+    masks = random_ellipse_masks(500, 48, 96, area=(0.05, 0.4))
+    assert masks.shape == (500, 1, 48, 96) and set(masks.unique().tolist()) == {0.0, 1.0}
+    covered = masks.mean(dim=(1, 2, 3))
+    assert covered.min() > 0.04 and covered.max() < 0.41  # discretised ellipses of 5–40 %
+    assert 0.2 < covered.mean() < 0.25  # uniform in the range (less where an ellipse would not fit)
+    rows, cols = masks.amax(dim=3), masks.amax(dim=2)  # 1×48 and 1×96 extents: one run each
+    assert ((rows[..., 1:] - rows[..., :-1]).abs().sum(-1) <= 2).all()
+    assert ((cols[..., 1:] - cols[..., :-1]).abs().sum(-1) <= 2).all()
+
+
+def test_inpainter_steps_fill_random_masks_for_the_asked_share_of_the_batch(monkeypatch):
+    calls = []
+
+    def left_half(count, height, width, **kwargs):
+        calls.append(count)
+        mask = torch.zeros(count, 1, height, width, **kwargs)
+        mask[..., : width // 2] = 1.0
+        return mask
+
+    monkeypatch.setattr(motion_vos, "random_ellipse_masks", left_half)
+    model = MotionVOSModel(MotionVOSNetConfig(**TINY_NET, inpainter_random_masks=0.5))
+    batch = {"image": torch.rand(4, 3, 24, 32), "flow": torch.randn(4, 2, 24, 32)}
+    seen = []
+    monkeypatch.setattr(model, "terms", lambda image, flow, mask: seen.append(mask) or
+                        MotionVOSModel.terms(model, image, flow, mask))
+    model.steps_done = 3  # an inpainter step: two of four samples fill the left half
+    model(batch)
+    assert calls == [2]
+    assert (seen[-1][:2, :, :, :8] == 1).all() and (seen[-1][:2, :, :, 8:] == 0).all()  # 12×16 at stride 2
+    generator_masks = model.generator.mask(model.generator(*model.normalize(batch["image"], batch["flow"])))
+    torch.testing.assert_close(seen[-1][2:], generator_masks[2:])
+    model(batch)  # a generator step: the generator's masks only
+    model.eval()
+    model.steps_done = 3
+    model(batch)  # not training: the generator's masks only
+    assert calls == [2]
+    with pytest.raises(InputError, match="inpainter_random_masks"):
+        MotionVOSNetConfig(inpainter_random_masks=1.5).validate()
 
 
 def test_schedule_and_which_network_gets_gradients():

@@ -66,6 +66,9 @@ class MotionVOSNetConfig:
     # the generator steps among the first N steps fit the camera-compensated baseline's masks
     # (cross-entropy) instead of the CIS loss: a start from masks the objective already prefers
     generator_warm_start_steps: int = 0
+    # in an inpainter step, this fraction of the batch fills a random ellipse instead of the
+    # generator's mask: an inpainter trained on the generator's masks alone can be fooled by new ones
+    inpainter_random_masks: float = 0.0
 
     def validate(self) -> None:
         """InputError naming the first bad setting (as ``model.<key>``)."""
@@ -89,6 +92,8 @@ class MotionVOSNetConfig:
                 raise InputError(f"model.{key} must be >= 1, got {getattr(self, key)}")
         if not 0.0 <= self.generator_ema < 1.0:
             raise InputError(f"model.generator_ema must lie in [0, 1) (0: off), got {self.generator_ema}")
+        if not 0.0 <= self.inpainter_random_masks <= 1.0:
+            raise InputError(f"model.inpainter_random_masks must lie in [0, 1], got {self.inpainter_random_masks}")
         if not 0.0 <= self.min_hidden_fraction < 1.0:
             raise InputError(f"model.min_hidden_fraction must lie in [0, 1), got {self.min_hidden_fraction}")
         for key in ("mask_temperature", "flow_scale", "epsilon_per_element"):
@@ -263,6 +268,30 @@ def hide_region(soft: Tensor, min_fraction: float = 0.0) -> Tensor:
     return hard.to(soft.dtype)
 
 
+RANDOM_MASK_AREA = (0.05, 0.4)  # fraction of the frame an ellipse of inpainter_random_masks covers
+
+
+def random_ellipse_masks(
+    count: int, height: int, width: int, area: tuple[float, float] = RANDOM_MASK_AREA,
+    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """``count×1×height×width`` {0, 1} masks, each an axis-aligned ellipse inside the frame that
+    covers a uniform fraction in ``area`` of it (less where it would not fit), its width-to-height
+    ratio 1/2 to 2 times the frame's (from the global RNG, on ``device``)."""
+    fraction = torch.empty(count, device=device).uniform_(*area)
+    log_ratio = torch.empty(count, device=device).uniform_(-math.log(2.0), math.log(2.0))
+    # π·ry·rx = fraction·H·W with rx/ry = ratio·W/H (the ellipse keeps the frame's shape at ratio 1)
+    ry = torch.sqrt(fraction * height * height / (math.pi * log_ratio.exp()))
+    rx = torch.sqrt(fraction * width * width * log_ratio.exp() / math.pi)
+    ry, rx = ry.clamp(max=height / 2), rx.clamp(max=width / 2)  # inside the frame
+    cy = ry + torch.rand(count, device=device) * (height - 2 * ry)
+    cx = rx + torch.rand(count, device=device) * (width - 2 * rx)
+    yy = torch.arange(height, device=device, dtype=torch.float32).view(1, -1, 1) + 0.5
+    xx = torch.arange(width, device=device, dtype=torch.float32).view(1, 1, -1) + 0.5
+    inside = ((yy - cy.view(-1, 1, 1)) / ry.view(-1, 1, 1)) ** 2 + ((xx - cx.view(-1, 1, 1)) / rx.view(-1, 1, 1)) ** 2
+    return (inside <= 1.0).unsqueeze(1).to(dtype)
+
+
 def _set_requires_grad(module: nn.Module, flag: bool) -> None:
     for param in module.parameters():
         param.requires_grad_(flag)
@@ -413,6 +442,11 @@ class MotionVOSModel(nn.Module):
         if inpainter_step:
             with torch.no_grad():
                 mask = self.generator.mask(self.generator(image, flow))
+                random_count = round(self.config.inpainter_random_masks * mask.shape[0])
+                if self.training and random_count > 0:  # the batch is shuffled: the first samples
+                    random = random_ellipse_masks(random_count, *mask.shape[-2:], device=mask.device,
+                                                  dtype=mask.dtype)
+                    mask = torch.cat([random, mask[random_count:]])
             terms = self.terms(image, flow, mask)
         else:
             _set_requires_grad(self.inpainter, False)
