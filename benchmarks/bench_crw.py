@@ -160,6 +160,8 @@ def bench_data(args: argparse.Namespace, device: torch.device) -> list[dict]:
                 clips += batch.shape[0]
                 if clips >= args.data_clips:
                     break
+            if first_batch_at is None:
+                raise SystemExit(f"{folder}: fewer clips than one batch of {args.batch} (lower --batch)")
             elapsed = time.perf_counter() - start
             row = {
                 "workers": workers, "clips": clips, "clips_per_s": clips / elapsed,

@@ -27,6 +27,7 @@ requires_mini_davis = pytest.mark.skipif(
     reason=f"real DAVIS mini set not found at {MINI_DAVIS}",
 )
 
+
 @contextlib.contextmanager
 def compiled_counting_graphs(model: "torch.nn.Module") -> Iterator[tuple["torch.nn.Module", list]]:
     """``torch.compile(model)`` with a backend that records every graph it is given (and runs it

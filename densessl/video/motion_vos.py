@@ -444,9 +444,9 @@ class MotionVOSModel(nn.Module):
                 mask = self.generator.mask(self.generator(image, flow))
                 random_count = round(self.config.inpainter_random_masks * mask.shape[0])
                 if self.training and random_count > 0:  # the batch is shuffled: the first samples
-                    random = random_ellipse_masks(random_count, *mask.shape[-2:], device=mask.device,
-                                                  dtype=mask.dtype)
-                    mask = torch.cat([random, mask[random_count:]])
+                    ellipses = random_ellipse_masks(random_count, *mask.shape[-2:], device=mask.device,
+                                                    dtype=mask.dtype)
+                    mask = torch.cat([ellipses, mask[random_count:]])
             terms = self.terms(image, flow, mask)
         else:
             _set_requires_grad(self.inpainter, False)
