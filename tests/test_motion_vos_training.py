@@ -2,7 +2,9 @@
 
 The videos have a moving camera (a pan plus some zoom and roll), so the flow magnitude alone does
 not single out the objects; the test asserts that the trained generator does, and clearly better
-than the magnitude threshold does. The settings are ``SYNTHETIC_CPU_RECIPE`` (the demo's too).
+than the magnitude threshold does. The settings are ``SYNTHETIC_CPU_RECIPE`` and
+``SYNTHETIC_MOTION_SCENE`` (the demo's too; ``benchmarks/study_cis_synthetic.py`` runs the same
+check over several seeds).
 """
 
 from __future__ import annotations
@@ -10,20 +12,16 @@ from __future__ import annotations
 from conftest import make_motion_set
 
 from densessl.datasets.davis import DavisDataset
-from densessl.tools.train_motion_vos import SYNTHETIC_CPU_RECIPE
+from densessl.tools.train_motion_vos import SYNTHETIC_CPU_RECIPE, SYNTHETIC_MOTION_SCENE, SYNTHETIC_MOTION_SIZE
 from densessl.tools.train_motion_vos import main as train_main
 from densessl.video.motion_vos_eval import (
     MotionPredictConfig, baseline_predictor, evaluate_predictor, load_motion_vos, model_predictor,
 )
 
-SIZE = (96, 128)
-SCENES = dict(min_objects=1, max_objects=2, camera_zoom=0.3, pan_speed=(0.004, 0.01))
-
 
 def test_cis_learns_to_segment_moving_objects_on_held_out_videos(tmp_path):
     root, flows = tmp_path / "davis", tmp_path / "flows"
-    make_motion_set(root, flows, num_sequences=64 + 16, num_val=16, num_frames=8, height=SIZE[0], width=SIZE[1],
-                    seed=0, **SCENES)
+    make_motion_set(root, flows, num_sequences=64 + 16, num_val=16, seed=0, **SYNTHETIC_MOTION_SCENE)
     args = [
         "--config", "configs/motion_vos.yaml", *SYNTHETIC_CPU_RECIPE,
         f"data.davis_root={root}", f"data.flow_root={flows}", "data.year=2017", "data.split=train",
@@ -33,7 +31,7 @@ def test_cis_learns_to_segment_moving_objects_on_held_out_videos(tmp_path):
     model = load_motion_vos(tmp_path / "runs" / "cis" / "checkpoints" / "motion_vos.pt")
 
     val = DavisDataset(root, year=2017, split="val")
-    predict = MotionPredictConfig(size=SIZE, gaps=(1,))
+    predict = MotionPredictConfig(size=SYNTHETIC_MOTION_SIZE, gaps=(1,))
     learned = evaluate_predictor(val, flows, model_predictor(model, predict, "cpu"), predict).global_row["J-Mean"]
     magnitude = evaluate_predictor(val, flows, baseline_predictor("flow-magnitude"), predict).global_row["J-Mean"]
     print(f"held-out J-Mean: CIS {learned:.3f}, flow magnitude {magnitude:.3f}")

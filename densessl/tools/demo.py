@@ -76,11 +76,6 @@ def _train_crw(data_root: Path, run_dir: Path, minutes: float, device: str) -> P
     return run_dir / "checkpoints" / "backbone.pt"
 
 
-# The motion set: small slow videos whose camera pans and zooms a little (0.3 of the default zoom),
-# so that the flow magnitude alone does not single out the objects.
-_MOTION_SIZE = (96, 128)
-_MOTION_SCENES = dict(num_frames=8, height=_MOTION_SIZE[0], width=_MOTION_SIZE[1], min_objects=1, max_objects=2,
-                      camera_zoom=0.3, pan_speed=(0.004, 0.01), write_flow=False, write_video=False)
 _MOTION_METHODS = {  # label -> baseline name (None: the trained CIS model)
     "CIS (trained)": None, "flow magnitude": "flow-magnitude", "camera-compensated": "camera-compensated",
 }
@@ -94,11 +89,13 @@ def _motion_stage(out: Path, args: argparse.Namespace, device: str) -> dict[str,
     from densessl.datasets.synthetic import SyntheticConfig, write_synthetic_davis
     from densessl.engine.config import load_config
     from densessl.tools.eval_motion_vos import main as eval_main
-    from densessl.tools.train_motion_vos import SYNTHETIC_CPU_RECIPE, MotionVOSConfig, train
+    from densessl.tools.train_motion_vos import (
+        SYNTHETIC_CPU_RECIPE, SYNTHETIC_MOTION_SCENE, SYNTHETIC_MOTION_SIZE, MotionVOSConfig, train,
+    )
 
     root, flows = out / "motion_data", out / "motion_flows"
     config = SyntheticConfig(num_sequences=args.motion_sequences, num_val=max(1, args.motion_sequences // 5),
-                             seed=args.seed, **_MOTION_SCENES)
+                             seed=args.seed, write_flow=False, write_video=False, **SYNTHETIC_MOTION_SCENE)
     print(f"[4/6] generating {config.num_sequences} moving-camera sequences ({config.num_frames} frames, "
           f"{config.height}×{config.width}) with exact flow in {root}")
     write_synthetic_davis(root, config, progress=False, flow_root=flows)
@@ -120,7 +117,7 @@ def _motion_stage(out: Path, args: argparse.Namespace, device: str) -> dict[str,
         source = (["--baseline", baseline] if baseline
                   else ["--checkpoint", str(run / "checkpoints" / "motion_vos.pt"), "--device", device])
         argv = [*source, "--davis-root", str(root), "--year", "2017", "--split", "val", "--flow-root", str(flows),
-                "--gaps", "+1", "--size", str(_MOTION_SIZE[0]), str(_MOTION_SIZE[1]), "--out", str(folder)]
+                "--gaps", "+1", "--size", *map(str, SYNTHETIC_MOTION_SIZE), "--out", str(folder)]
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / "scores.txt", "w") as log, contextlib.redirect_stdout(log):
             if eval_main(argv + ["--overwrite"]) != 0:

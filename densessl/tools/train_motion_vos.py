@@ -45,6 +45,12 @@ SYNTHETIC_CPU_RECIPE: tuple[str, ...] = (
     "augment.size=[96,128]", "augment.min_scale=0.8",
     "train.batch_size=8", "train.lr=1e-3", "train.schedule=cosine", "train.max_steps=600", "train.num_workers=0",
 )
+# The videos that recipe is for (the learning test, the demo, benchmarks/study_cis_synthetic.py):
+# :class:`SyntheticConfig` settings for small slow videos whose camera pans and zooms a little (0.3
+# of the default zoom), so that the flow magnitude alone does not single out the objects.
+SYNTHETIC_MOTION_SIZE = (96, 128)
+SYNTHETIC_MOTION_SCENE = dict(num_frames=8, height=SYNTHETIC_MOTION_SIZE[0], width=SYNTHETIC_MOTION_SIZE[1],
+                              min_objects=1, max_objects=2, camera_zoom=0.3, pan_speed=(0.004, 0.01))
 
 
 @dataclass
