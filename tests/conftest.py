@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from densessl.datasets.palette import write_indexed_png
+
+if TYPE_CHECKING:
+    import torch
 
 MINI_DAVIS = Path(__file__).resolve().parents[2] / "shared/data/davis2016_mini"
 requires_mini_davis = pytest.mark.skipif(
@@ -29,7 +32,7 @@ requires_mini_davis = pytest.mark.skipif(
 
 
 @contextlib.contextmanager
-def compiled_counting_graphs(model: "torch.nn.Module") -> Iterator[tuple["torch.nn.Module", list]]:
+def compiled_counting_graphs(model: torch.nn.Module) -> Iterator[tuple[torch.nn.Module, list]]:
     """``torch.compile(model)`` with a backend that records every graph it is given (and runs it
     eagerly), and dynamo's recompile limit raised above what a test runs, so that compiling again
     at every step shows as more graphs instead of a silent fall back to eager."""
