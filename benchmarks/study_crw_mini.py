@@ -10,8 +10,9 @@ length as an override: ``train.max_steps=N`` (equal steps) or ``train.max_minute
     python benchmarks/study_crw_mini.py --seeds 0 1 -- train.max_steps=75
     OMP_NUM_THREADS=1 python benchmarks/study_crw_mini.py --seeds 0 --out /tmp/roi -- train.max_steps=75 \
         model.mode=roi train.amp=bf16 train.channels_last=true
-    python benchmarks/study_crw_mini.py --seeds 0 --no-recipe --eval-layer layer3 -- train.max_minutes=30 \
-        data.short_side=144 augment.frame_size=128 augment.patch_size=32 augment.patch_stride=16
+    # the default layer4 nodes, scored on layer3 (the protocol's features), as in the studies
+    python benchmarks/study_crw_mini.py --seeds 0 1 --eval-layer layer3 -- train.max_minutes=30 \
+        model.out_layer=layer4 eval.layer=layer3
 """
 
 from __future__ import annotations
