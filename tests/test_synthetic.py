@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from densessl.datasets import synthetic
 from densessl.datasets.flow_io import read_flo
 from densessl.datasets.palette import read_id_png
 from densessl.datasets.synthetic import (
@@ -22,6 +21,8 @@ from densessl.datasets.synthetic import (
     split_names,
     write_synthetic_davis,
 )
+from densessl.datasets.synthetic.generate import sequence_rngs
+from densessl.datasets.synthetic.scene import build_scene
 from densessl.errors import InputError
 from densessl.tools.make_synthetic_davis import main as tool_main
 
@@ -182,7 +183,7 @@ def test_flow_maps_each_point_to_the_same_canonical_point(motion_scale):
     config = dataclasses.replace(SMALL, num_frames=6, motion_scale=motion_scale)
     checked = 0
     for index in range(4):
-        scene = synthetic._build_scene(config, synthetic._rngs(config, index)[0])
+        scene = build_scene(config, sequence_rngs(config, index)[0])
         seq = generate_sequence(config, index, photometric=False)
         by_id = dict(zip(scene.ids, scene.objects))
         for t in range(config.num_frames - 1):
