@@ -13,6 +13,9 @@ length as an override: ``train.max_steps=N`` (equal steps) or ``train.max_minute
     # the default layer4 nodes, scored on layer3 (the protocol's features), as in the studies
     python benchmarks/study_crw_mini.py --seeds 0 1 --eval-layer layer3 -- train.max_minutes=30 \
         model.out_layer=layer4 eval.layer=layer3
+    # the course of a run: score the backbone of every checkpoint (steps 220, 440, 660)
+    python benchmarks/study_crw_mini.py --seeds 0 --eval-layer layer3 --every-checkpoint -- \
+        train.max_steps=660 train.checkpoint_every=220 model.mode=roi model.out_layer=layer4 eval.layer=layer3
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ def main() -> None:
                         help=f"DAVIS-2016-layout folder, trained on and scored (default: {MINI_DAVIS})")
     parser.add_argument("--eval-layer", default="layer2", help="backbone layer for propagation")
     parser.add_argument("--no-recipe", action="store_true", help="start from configs/crw.yaml instead")
+    parser.add_argument("--every-checkpoint", action="store_true",
+                        help="keep the backbone of every checkpoint (train.keep_exports=true) and score each")
     parser.add_argument("--out", default=None, help="folder for the runs (default: a temporary one)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides after '--', e.g. train.max_steps=75")
     args = parser.parse_args()
@@ -54,35 +59,41 @@ def main() -> None:
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="crw-mini-"))
     recipe = () if args.no_recipe else SMOKE_RECIPE
 
-    rows: list[tuple[int, dict[str, float]]] = []
+    keep = ("train.keep_exports=true",) if args.every_checkpoint else ()
+    rows: list[tuple[int, str, dict[str, float]]] = []
     for seed in args.seeds:
         name = f"seed{seed}"
         start = time.perf_counter()
         status = train_main([
             f"data.frames={frames}", *recipe, "train.progress=false", f"train.out_dir={out}",
-            f"train.name={name}", f"train.seed={seed}", *args.overrides, "--overwrite",
+            f"train.name={name}", f"train.seed={seed}", *args.overrides, *keep, "--overwrite",
         ])
         if status != 0:
             raise SystemExit(f"training seed {seed} failed with status {status}")
         trained = time.perf_counter() - start
-        scored = out / f"{name}-eval"
-        status = eval_main([
-            "--backbone", "resnet18-crw", "--out-layer", args.eval_layer,
-            "--weights", str(out / name / "checkpoints" / "backbone.pt"), "--davis-root", str(args.davis_root),
-            "--year", "2016", "--out", str(scored), "--overwrite",
-        ])
-        if status != 0:
-            raise SystemExit(f"scoring seed {seed} failed with status {status}")
-        with open(scored / "global_results-val.csv") as handle:
-            row = {k: float(v) for k, v in next(csv.DictReader(handle)).items()}
-        rows.append((seed, row))
-        print(f"seed {seed}: J&F-Mean {row['J&F-Mean']:.3f} (training {trained:.0f} s, "
-              f"all {time.perf_counter() - start:.0f} s)", flush=True)
+        checkpoints = out / name / "checkpoints"
+        weights = [("end", checkpoints / "backbone.pt")]
+        if args.every_checkpoint:
+            kept = sorted(checkpoints.glob("step_*/backbone.pt"))
+            weights = [(str(int(p.parent.name[len("step_"):])), p) for p in kept]
+        for step, path in weights:
+            scored = out / f"{name}-eval" / f"step-{step}"
+            status = eval_main([
+                "--backbone", "resnet18-crw", "--out-layer", args.eval_layer, "--weights", str(path),
+                "--davis-root", str(args.davis_root), "--year", "2016", "--out", str(scored), "--overwrite",
+            ])
+            if status != 0:
+                raise SystemExit(f"scoring seed {seed} (step {step}) failed with status {status}")
+            with open(scored / "global_results-val.csv") as handle:
+                row = {k: float(v) for k, v in next(csv.DictReader(handle)).items()}
+            rows.append((seed, step, row))
+            print(f"seed {seed}, step {step}: J&F-Mean {row['J&F-Mean']:.3f} (training {trained:.0f} s, "
+                  f"all {time.perf_counter() - start:.0f} s)", flush=True)
 
     print(f"\noverrides: {' '.join(args.overrides)}; runs in {out}")
-    print("| seed | " + " | ".join(COLUMNS) + " |\n|---:|" + "---:|" * len(COLUMNS))
-    for seed, row in rows:
-        print(f"| {seed} | " + " | ".join(f"{row[c]:.3f}" for c in COLUMNS) + " |")
+    print("| seed | step | " + " | ".join(COLUMNS) + " |\n|---:|---:|" + "---:|" * len(COLUMNS))
+    for seed, step, row in rows:
+        print(f"| {seed} | {step} | " + " | ".join(f"{row[c]:.3f}" for c in COLUMNS) + " |")
 
 
 if __name__ == "__main__":

@@ -72,6 +72,24 @@ def test_tool_trains_resumes_and_exports_the_backbone(tmp_path):
     assert [r["step"] for r in log_rows(run, "train")] == [1]
 
 
+
+def test_keep_exports_keeps_the_backbone_of_every_checkpoint(tmp_path):
+    listing = make_set(tmp_path / "data")
+    args = [
+        f"data.frames={listing}", "data.target_fps=0", "data.short_side=40", f"data.cache_dir={tmp_path / 'cache'}",
+        "augment.frame_size=32", "augment.patch_size=16", "augment.patch_stride=8", "model.out_layer=layer1",
+        "train.batch_size=2", "train.num_workers=0", "train.progress=false", "train.lr=1e-2",
+        f"train.out_dir={tmp_path / 'runs'}", "train.name=keep", "train.max_steps=3",
+        "train.checkpoint_every=2", "train.keep_exports=true",
+    ]
+    assert main(args) == 0
+    folder = tmp_path / "runs" / "keep" / "checkpoints"
+    assert sorted(p.name for p in folder.glob("step_*")) == ["step_0000002", "step_0000003"]
+    at_2, at_3, latest = (load_checkpoint(f) for f in (
+        folder / "step_0000002" / "backbone.pt", folder / "step_0000003" / "backbone.pt", folder / "backbone.pt"))
+    assert all(torch.equal(at_3[k], latest[k]) for k in latest)
+    assert not all(torch.equal(at_2[k], at_3[k]) for k in at_3)  # step 3 trained on
+
 def train_on_synthetic_video(tmp_path: Path, mode: str, evaluate: bool = True) -> tuple[Path, Path, list[str]]:
     """90 CPU steps of CRW on 26 synthetic videos (4 held out); with ``evaluate``, J&F on the
     held-out videos at step 0 and at the end.

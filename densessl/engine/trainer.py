@@ -75,6 +75,7 @@ class TrainConfig:
     sync_bn: bool = False  # SyncBatchNorm under DDP on CUDA
     find_unused_parameters: bool = False  # DDP: some steps leave parameters without gradients
     checkpoint_every: int = 1000
+    keep_exports: bool = False  # also keep each checkpoint's exported weights in checkpoints/step_<N>/
     log_every: int = 20
     device: str = "auto"
     progress: bool = True
@@ -260,7 +261,9 @@ class Trainer:
         resolved_config: the whole config, saved as ``config.yaml`` and in checkpoints.
         evaluate: ``evaluate(step) -> metrics``, run on the main rank every ``eval_every``
             steps and at the end (``eval_at_start``: also before training).
-        export: ``export(run_dir)`` on the main rank after each checkpoint (e.g. the backbone).
+        export: ``export(folder)`` writes the model's weights for use elsewhere (e.g. the
+            backbone) into ``folder``; on the main rank after each checkpoint, into
+            ``<run>/checkpoints/`` and, with ``cfg.keep_exports``, ``<run>/checkpoints/step_<N>/``.
     """
 
     def __init__(
@@ -376,7 +379,9 @@ class Trainer:
         if self.dist.is_main:
             save_checkpoint(self.state_dict(rng_states), self.checkpoint_path)
             if self.export is not None:
-                self.export(self.run_dir)
+                self.export(self.run_dir / "checkpoints")
+                if self.cfg.keep_exports:
+                    self.export(self.run_dir / "checkpoints" / f"step_{self.step:07d}")
         barrier()
 
     def load(self, path: Path) -> None:

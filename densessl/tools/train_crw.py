@@ -156,7 +156,7 @@ def train(cfg: CRWConfig, resume: bool = False, overwrite: bool = False):
 
             save_checkpoint(
                 {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
-                folder / "checkpoints" / "backbone.pt",
+                folder / "backbone.pt",
             )
 
         trainer = Trainer(

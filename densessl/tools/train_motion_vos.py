@@ -160,7 +160,7 @@ def train(cfg: MotionVOSConfig, resume: bool = False, overwrite: bool = False):
         trainer = Trainer(
             cfg.train, model, dataset, sampler, dist, run_dir, cfg, evaluate=make_evaluator(cfg, model, dist.device),
             eval_every=cfg.eval.every, eval_at_start=cfg.eval.at_start,
-            export=lambda folder: export_model(model, cfg, folder / "checkpoints" / "motion_vos.pt"),
+            export=lambda folder: export_model(model, cfg, folder / "motion_vos.pt"),
         )
         if dist.is_main:
             log.info(
