@@ -45,14 +45,19 @@ def test_tool_rejects_bad_input(tmp_path, capsys):
     assert "clip_len" in capsys.readouterr().err
 
 
-def test_tool_trains_resumes_and_exports_the_backbone(tmp_path):
+def tiny_run_args(tmp_path: Path, name: str) -> list[str]:
+    """A 3-step CRW run on 32 px frames of a small generated set, in ``<tmp_path>/runs/<name>``."""
     listing = make_set(tmp_path / "data")
-    args = [
+    return [
         f"data.frames={listing}", "data.target_fps=0", "data.short_side=40", f"data.cache_dir={tmp_path / 'cache'}",
         "augment.frame_size=32", "augment.patch_size=16", "augment.patch_stride=8", "model.out_layer=layer1",
         "train.batch_size=2", "train.num_workers=0", "train.log_every=1", "train.progress=false",
-        f"train.out_dir={tmp_path / 'runs'}", "train.name=tiny", "train.max_steps=3",
+        f"train.out_dir={tmp_path / 'runs'}", f"train.name={name}", "train.max_steps=3",
     ]
+
+
+def test_tool_trains_resumes_and_exports_the_backbone(tmp_path):
+    args = tiny_run_args(tmp_path, "tiny")
     assert main(args + ["train.stop_after=2"]) == 0
     run = tmp_path / "runs" / "tiny"
     assert [r["step"] for r in log_rows(run, "train")] == [1, 2]
@@ -74,14 +79,7 @@ def test_tool_trains_resumes_and_exports_the_backbone(tmp_path):
 
 
 def test_keep_exports_keeps_the_backbone_of_every_checkpoint(tmp_path):
-    listing = make_set(tmp_path / "data")
-    args = [
-        f"data.frames={listing}", "data.target_fps=0", "data.short_side=40", f"data.cache_dir={tmp_path / 'cache'}",
-        "augment.frame_size=32", "augment.patch_size=16", "augment.patch_stride=8", "model.out_layer=layer1",
-        "train.batch_size=2", "train.num_workers=0", "train.progress=false", "train.lr=1e-2",
-        f"train.out_dir={tmp_path / 'runs'}", "train.name=keep", "train.max_steps=3",
-        "train.checkpoint_every=2", "train.keep_exports=true",
-    ]
+    args = tiny_run_args(tmp_path, "keep") + ["train.checkpoint_every=2", "train.keep_exports=true"]
     assert main(args) == 0
     folder = tmp_path / "runs" / "keep" / "checkpoints"
     assert sorted(p.name for p in folder.glob("step_*")) == ["step_0000002", "step_0000003"]
