@@ -77,7 +77,6 @@ def test_tool_trains_resumes_and_exports_the_backbone(tmp_path):
     assert [r["step"] for r in log_rows(run, "train")] == [1]
 
 
-
 def test_keep_exports_keeps_the_backbone_of_every_checkpoint(tmp_path):
     args = tiny_run_args(tmp_path, "keep") + ["train.checkpoint_every=2", "train.keep_exports=true"]
     assert main(args) == 0
@@ -87,6 +86,7 @@ def test_keep_exports_keeps_the_backbone_of_every_checkpoint(tmp_path):
         folder / "step_0000002" / "backbone.pt", folder / "step_0000003" / "backbone.pt", folder / "backbone.pt"))
     assert all(torch.equal(at_3[k], latest[k]) for k in latest)
     assert not all(torch.equal(at_2[k], at_3[k]) for k in at_3)  # step 3 trained on
+
 
 def train_on_synthetic_video(tmp_path: Path, mode: str, evaluate: bool = True) -> tuple[Path, Path, list[str]]:
     """90 CPU steps of CRW on 26 synthetic videos (4 held out); with ``evaluate``, J&F on the
