@@ -20,19 +20,11 @@ import time
 from pathlib import Path
 
 from densessl.datasets.davis import DavisDataset
-from densessl.datasets.synthetic import SyntheticConfig, write_synthetic_davis
-from densessl.tools.train_motion_vos import SYNTHETIC_CPU_RECIPE, SYNTHETIC_MOTION_SCENE, SYNTHETIC_MOTION_SIZE
+from densessl.tools.train_motion_vos import SYNTHETIC_CPU_RECIPE, SYNTHETIC_MOTION_SIZE, write_synthetic_motion_set
 from densessl.tools.train_motion_vos import main as train_main
 from densessl.video.motion_vos_eval import (
     MotionPredictConfig, baseline_predictor, evaluate_predictor, load_motion_vos, model_predictor,
 )
-
-
-def write_learning_set(root: Path, flows: Path) -> None:
-    """The test's set: 80 sequences (16 held out) of 8 frames at 96×128, exact ``+1`` flow."""
-    config = SyntheticConfig(num_sequences=80, num_val=16, seed=0, write_video=False, write_flow=False, workers=1,
-                             **SYNTHETIC_MOTION_SCENE)
-    write_synthetic_davis(root, config, progress=False, flow_root=flows)
 
 
 def main() -> None:
@@ -45,7 +37,7 @@ def main() -> None:
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="cis-synthetic-"))
     root, flows = out / "davis", out / "flows"
     if not (root / "ImageSets").exists():
-        write_learning_set(root, flows)
+        write_synthetic_motion_set(root, flows)  # the test's set: 80 sequences, 16 held out
     val = DavisDataset(root, year=2017, split="val")
     predict = MotionPredictConfig(size=SYNTHETIC_MOTION_SIZE, gaps=(1,))
     magnitude = evaluate_predictor(val, flows, baseline_predictor("flow-magnitude"), predict).global_row["J-Mean"]

@@ -9,10 +9,8 @@ check over several seeds).
 
 from __future__ import annotations
 
-from conftest import make_motion_set
-
 from densessl.datasets.davis import DavisDataset
-from densessl.tools.train_motion_vos import SYNTHETIC_CPU_RECIPE, SYNTHETIC_MOTION_SCENE, SYNTHETIC_MOTION_SIZE
+from densessl.tools.train_motion_vos import SYNTHETIC_CPU_RECIPE, SYNTHETIC_MOTION_SIZE, write_synthetic_motion_set
 from densessl.tools.train_motion_vos import main as train_main
 from densessl.video.motion_vos_eval import (
     MotionPredictConfig, baseline_predictor, evaluate_predictor, load_motion_vos, model_predictor,
@@ -21,7 +19,7 @@ from densessl.video.motion_vos_eval import (
 
 def test_cis_learns_to_segment_moving_objects_on_held_out_videos(tmp_path):
     root, flows = tmp_path / "davis", tmp_path / "flows"
-    make_motion_set(root, flows, num_sequences=64 + 16, num_val=16, seed=0, **SYNTHETIC_MOTION_SCENE)
+    write_synthetic_motion_set(root, flows, num_sequences=64 + 16, num_val=16, seed=0)
     args = [
         "--config", "configs/motion_vos.yaml", *SYNTHETIC_CPU_RECIPE,
         f"data.davis_root={root}", f"data.flow_root={flows}", "data.year=2017", "data.split=train",

@@ -86,19 +86,19 @@ def _motion_stage(out: Path, args: argparse.Namespace, device: str) -> dict[str,
     baselines on the held-out sequences (masks, CSVs and overlays under ``<out>/motion``)."""
     import contextlib
 
-    from densessl.datasets.synthetic import SyntheticConfig, write_synthetic_davis
     from densessl.engine.config import load_config
     from densessl.tools.eval_motion_vos import main as eval_main
     from densessl.tools.train_motion_vos import (
         SYNTHETIC_CPU_RECIPE, SYNTHETIC_MOTION_SCENE, SYNTHETIC_MOTION_SIZE, MotionVOSConfig, train,
+        write_synthetic_motion_set,
     )
 
     root, flows = out / "motion_data", out / "motion_flows"
-    config = SyntheticConfig(num_sequences=args.motion_sequences, num_val=max(1, args.motion_sequences // 5),
-                             seed=args.seed, write_flow=False, write_video=False, **SYNTHETIC_MOTION_SCENE)
-    print(f"[4/6] generating {config.num_sequences} moving-camera sequences ({config.num_frames} frames, "
-          f"{config.height}×{config.width}) with exact flow in {root}")
-    write_synthetic_davis(root, config, progress=False, flow_root=flows)
+    height, width = SYNTHETIC_MOTION_SIZE
+    print(f"[4/6] generating {args.motion_sequences} moving-camera sequences ({SYNTHETIC_MOTION_SCENE['num_frames']} "
+          f"frames, {height}×{width}) with exact flow in {root}")
+    write_synthetic_motion_set(root, flows, num_sequences=args.motion_sequences,
+                               num_val=max(1, args.motion_sequences // 5), seed=args.seed, workers=0)
 
     print(f"[5/6] training CIS motion segmentation for {args.motion_steps} steps on the train split")
     run = out / "motion" / "cis_run"

@@ -53,6 +53,19 @@ SYNTHETIC_MOTION_SCENE = dict(num_frames=8, height=SYNTHETIC_MOTION_SIZE[0], wid
                               min_objects=1, max_objects=2, camera_zoom=0.3, pan_speed=(0.004, 0.01))
 
 
+def write_synthetic_motion_set(
+    root: Path, flows: Path, *, num_sequences: int = 80, num_val: int = 16, seed: int = 0, workers: int = 1
+) -> list[str]:
+    """The videos of ``SYNTHETIC_MOTION_SCENE`` in the DAVIS-2017 layout under ``root`` (the last
+    ``num_val`` are val) and their exact forward flow as the ``+1`` tree of a flow cache under
+    ``flows``. The defaults are the learning test's set. Returns the sequence names."""
+    from densessl.datasets.synthetic import SyntheticConfig, write_synthetic_davis
+
+    config = SyntheticConfig(num_sequences=num_sequences, num_val=num_val, seed=seed, workers=workers,
+                             write_flow=False, write_video=False, **SYNTHETIC_MOTION_SCENE)
+    return write_synthetic_davis(root, config, progress=False, flow_root=flows)
+
+
 @dataclass
 class MotionDataConfig:
     davis_root: str | None = None  # DAVIS-style folder (JPEGImages/<resolution>/<seq>/...)
