@@ -1,6 +1,6 @@
 """Train a contrastive random walk (CRW) model on unlabelled video.
 
-``python tools/train_crw.py --config configs/crw.yaml [key=value ...] [--resume] [--overwrite]``;
+``python tools/train_crw.py --config configs/crw.yaml [key=value ...] [--resume | --overwrite]``;
 multi-GPU / multi-process with ``torchrun --nproc_per_node N tools/train_crw.py ...``.
 The defaults are the paper's recipe (ResNet-18, 7×7 patches of 64×64 in 256×256 frames,
 τ 0.05, edge dropout 0.1, clips of 4 frames at 8 fps, batch 20, Adam 1e-4, ×0.3 at 80%).
