@@ -432,6 +432,32 @@ def test_amp_clipping_and_periodic_evaluation(tmp_path):
     assert "scale" in load_checkpoint(fp16.checkpoint_path)["scaler"]
 
 
+def test_curves_are_drawn_at_each_checkpoint_and_after_the_final_evaluation(tmp_path, monkeypatch):
+    import densessl.eval.visualize as visualize
+
+    drawn: list[list[int]] = []  # the eval steps in the log at each drawing
+
+    def record(log_path, out_path):
+        rows = [json.loads(line) for line in Path(log_path).read_text().splitlines()]
+        drawn.append([r["step"] for r in rows if r["kind"] == "eval"])
+        return visualize_original(log_path, out_path)
+
+    visualize_original = visualize.save_training_curves
+    monkeypatch.setattr(visualize, "save_training_curves", record)
+    trainer = make_trainer(tmp_path, "curves", max_steps=4)  # checkpoints at steps 2 and 4
+    trainer.evaluate = lambda step: {"score": float(step)}
+    trainer.fit()
+    assert drawn == [[], [], [4]]
+    assert (trainer.run_dir / "curves.png").is_file()
+
+    def broken(log_path, out_path):
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr(visualize, "save_training_curves", broken)
+    again = make_trainer(tmp_path, "curves-broken", max_steps=2)
+    assert again.fit().step == 2  # a picture that cannot be drawn does not stop training
+
+
 def test_evaluation_does_not_change_the_training(tmp_path):
     """An evaluator that draws from every global RNG (as building a backbone copy does) leaves
     the run identical to one without evaluation."""

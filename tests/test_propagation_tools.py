@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+from PIL import Image
 import pytest
 import torch
 
@@ -33,6 +34,9 @@ def test_propagate_writes_official_pngs_and_leaves_dataset_alone(tiny_davis, tmp
         assert np.array_equal(masks[0], sequence.first_mask() * (sequence.first_mask() != 255))
         assert set(np.unique(masks)) <= {0, *sequence.object_ids()}
         assert (out / "overlays" / f"{sequence.name}.png").is_file()
+        with Image.open(out / "overlays" / "features" / f"{sequence.name}.png") as features:
+            height, width = sequence.size  # five frames side by side
+            assert features.size == (5 * width, height) and features.mode == "RGB"
     assert (out / "settings.json").is_file()
 
 

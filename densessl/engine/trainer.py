@@ -382,7 +382,20 @@ class Trainer:
                 self.export(self.run_dir / "checkpoints")
                 if self.cfg.keep_exports:
                     self.export(self.run_dir / "checkpoints" / f"step_{self.step:07d}")
+            self.save_curves()
         barrier()
+
+    def save_curves(self) -> None:
+        """``<run>/curves.png``: the log's metrics against the step (main rank). A picture that
+        cannot be drawn is reported and does not stop training."""
+        if not self.dist.is_main or not (self.run_dir / "log.jsonl").is_file():
+            return
+        from densessl.eval.visualize import save_training_curves
+
+        try:
+            save_training_curves(self.run_dir / "log.jsonl", self.run_dir / "curves.png")
+        except Exception as error:  # a picture only: training and its results are unaffected
+            log.warning("could not draw %s: %s", self.run_dir / "curves.png", error)
 
     def load(self, path: Path) -> None:
         state = load_checkpoint(path, map_location="cpu")
@@ -509,6 +522,7 @@ class Trainer:
         finally:
             self.logger.close()
             self.session_start = None  # the next fit() is a new session
+            self.save_curves()  # with the final evaluation, which comes after the last checkpoint
         return result
 
     @contextlib.contextmanager

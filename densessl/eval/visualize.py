@@ -1,13 +1,17 @@
-"""Pictures: mask overlays (PNG strips and MP4) and bar charts of scores."""
+"""Pictures: mask overlays (PNG strips and MP4), bar charts of scores, a run's training curves."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from densessl.datasets.palette import davis_palette
 
@@ -40,8 +44,53 @@ def save_overlay_strip(
     max_width: int = 1600,
 ) -> None:
     """Save overlays of a few frames side by side as one PNG (scaled to ``max_width``)."""
-    tiles = [overlay_mask(frame, mask) for frame, mask in zip(frames, masks)]
-    strip = np.concatenate(tiles, axis=1)
+    save_strip(path, [overlay_mask(frame, mask) for frame, mask in zip(frames, masks)], max_width)
+
+
+def feature_pca_images(features: Sequence[torch.Tensor], size: tuple[int, int] | None = None) -> list[np.ndarray]:
+    """Pictures of dense features: their first three principal components as RGB.
+
+    The basis, its signs and the colour scale come from the first map alone and are applied to
+    every map, so a point whose features stay the same keeps its colour from frame to frame
+    (what label propagation relies on). Each component's 1st–99th percentile on the first map
+    spans 0–255; values beyond are clipped. Signs: each component's largest loading is positive.
+
+    Args:
+        features: maps ``C×h×w`` (or ``1×C×h×w``) of one backbone, any device, C ≥ 1.
+        size: ``(H, W)`` to enlarge each picture to (nearest neighbour, so feature cells stay
+            visible); default: the feature size.
+
+    Returns:
+        ``H×W×3`` uint8 RGB pictures, one per map; components beyond C are black.
+    """
+    maps = [f.detach().float().reshape(f.shape[-3], -1).T.cpu() for f in features]  # (h·w)×C each
+    first = maps[0]
+    mean = first.mean(dim=0, keepdim=True)
+    covariance = (first - mean).T @ (first - mean) / max(first.shape[0] - 1, 1)
+    _, eigenvectors = torch.linalg.eigh(covariance.double())  # ascending eigenvalues
+    basis = eigenvectors.flip(-1)[:, :3].float()  # C×k, largest variance first
+    strongest = basis.abs().argmax(dim=0)
+    basis = basis * torch.sign(basis[strongest, torch.arange(basis.shape[1])])
+    reference = (first - mean) @ basis
+    low = torch.quantile(reference, 0.01, dim=0)
+    high = torch.quantile(reference, 0.99, dim=0)
+    scale = (high - low).clamp(min=1e-12)
+    pictures = []
+    for feature, flat in zip(features, maps):
+        height, width = feature.shape[-2:]
+        colours = ((flat - mean) @ basis - low) / scale
+        rgb = torch.zeros(flat.shape[0], 3)
+        rgb[:, : basis.shape[1]] = colours.clamp(0, 1)
+        picture = (rgb.reshape(height, width, 3) * 255).round().to(torch.uint8).numpy()
+        if size is not None and picture.shape[:2] != tuple(size):
+            picture = cv2.resize(picture, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+        pictures.append(picture)
+    return pictures
+
+
+def save_strip(path: str | os.PathLike, tiles: Sequence[np.ndarray], max_width: int = 1600) -> None:
+    """Save ``H×W×3`` uint8 RGB tiles side by side as one PNG, scaled down to ``max_width``."""
+    strip = np.concatenate(list(tiles), axis=1)
     if strip.shape[1] > max_width:
         scale = max_width / strip.shape[1]
         strip = cv2.resize(strip, (max_width, max(1, round(strip.shape[0] * scale))),
@@ -93,3 +142,83 @@ def save_bar_chart(
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
+
+_NOT_CURVES = {"step", "kind", "time", "epoch"}
+
+
+def _curve_panels(records: Sequence[dict]) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
+    """Panel title → metric → (steps, values). Training metrics get a panel each, except the
+    per-palindrome ``<name>_k<length>`` metrics, which share one panel per name. Evaluation
+    scores (metrics that stay within [-1, 1], such as J&F) share one "evaluation" panel; other
+    evaluation metrics (timings) get a panel each, titled ``eval/<name>``."""
+    panels: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
+    evaluations: dict[str, tuple[list[int], list[float]]] = {}
+    for record in records:
+        evaluation = record.get("kind") == "eval"
+        for key, value in record.items():
+            if key in _NOT_CURVES or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if not math.isfinite(value):
+                continue
+            if evaluation:
+                curve = evaluations.setdefault(key, ([], []))
+            else:
+                per_length = re.fullmatch(r"(.+)_k\d+", key)
+                title = f"{per_length.group(1)}_k*" if per_length else key
+                curve = panels.setdefault(title, {}).setdefault(key, ([], []))
+            curve[0].append(int(record["step"]))
+            curve[1].append(float(value))
+    for key, curve in evaluations.items():
+        title = "evaluation" if all(-1.0 <= v <= 1.0 for v in curve[1]) else f"eval/{key}"
+        panels.setdefault(title, {})[key] = curve
+    return panels
+
+
+def save_training_curves(log_path: str | os.PathLike, out_path: str | os.PathLike) -> list[str]:
+    """Plot a run's ``log.jsonl`` (one JSON record per line: ``step``, ``kind``, metrics) against
+    the step, one panel per training metric (``loss`` first) and one for the evaluations.
+
+    Returns:
+        The panel titles, in the order drawn; nothing is written when the log holds no metric.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = []
+    for line in Path(log_path).read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by an interrupted run
+        if isinstance(record, dict) and "step" in record:
+            records.append(record)
+    panels = _curve_panels(records)
+    if not panels:
+        return []
+    titles = sorted(panels, key=lambda t: (t != "loss", t.startswith("eval"), t != "evaluation", t))
+    columns = min(3, len(titles))
+    rows = math.ceil(len(titles) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 2.8 * rows), dpi=100, squeeze=False)
+    for ax, title in zip(axes.flat, titles):
+        for key, (steps, values) in sorted(panels[title].items()):
+            ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3,
+                    label=key if len(panels[title]) > 1 else None)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+        if len(panels[title]) > 1:
+            ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(titles):]:
+        ax.axis("off")
+    fig.suptitle(Path(log_path).parent.name, fontsize=11)
+    fig.tight_layout()
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(out_path).with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, out_path)
+    return titles

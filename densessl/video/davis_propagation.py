@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from densessl.datasets.davis import DavisDataset, DavisSequence
 from densessl.datasets.palette import write_indexed_png
 from densessl.errors import InputError
-from densessl.eval.visualize import OverlayVideoWriter, save_overlay_strip
+from densessl.eval.visualize import OverlayVideoWriter, feature_pca_images, save_overlay_strip, save_strip
 from densessl.video.propagation import (
     PropagationConfig,
     make_config,
@@ -174,27 +174,41 @@ def propagate_sequence(
         if sequence_out is not None:
             writes.append(pool.submit(write_indexed_png, sequence_out / f"{names[index]}.png", ids))
 
-    propagate_labels(stream, first_labels, num_frames, config, on_frame=on_frame,
-                     release=stream.release)
+    strip_frames = _strip_frames(num_frames) if overlay_dir is not None else []
+    strip_features: dict[int, Tensor] = {}  # the strip's frames' features, for their picture
+
+    def release(index: int) -> None:
+        if index in strip_frames:
+            strip_features[index] = stream(index).cpu()
+        stream.release(index)
+
+    propagate_labels(stream, first_labels, num_frames, config, on_frame=on_frame, release=release)
     for write in writes:
         write.result()
     if overlay_dir is not None:
-        _write_overlays(Path(overlay_dir), sequence, masks, overlay_video)
+        features = [strip_features[i] if i in strip_features else stream(i).cpu() for i in strip_frames]
+        _write_overlays(Path(overlay_dir), sequence, masks, overlay_video, strip_frames, features)
     if own_pool:
         pool.shutdown()
     return SequenceResult(sequence.name, masks, time.perf_counter() - start_time)
 
 
+def _strip_frames(num_frames: int, count: int = 5) -> list[int]:
+    """Indices of up to ``count`` frames spread evenly from the first to the last."""
+    return sorted({int(i) for i in np.linspace(0, num_frames - 1, num=min(count, num_frames)).round()})
+
+
 def _write_overlays(
-    overlay_dir: Path, sequence: DavisSequence, masks: np.ndarray, video: bool
+    overlay_dir: Path, sequence: DavisSequence, masks: np.ndarray, video: bool,
+    picks: Sequence[int], features: Sequence[Tensor],
 ) -> None:
-    picks = np.linspace(0, sequence.num_frames - 1, num=min(5, sequence.num_frames)).round()
-    picks = sorted({int(i) for i in picks})
-    save_overlay_strip(
-        overlay_dir / f"{sequence.name}.png",
-        [sequence.frame(i) for i in picks],
-        [masks[i] for i in picks],
-    )
+    """``<seq>.png``: the masks over the ``picks`` frames; ``features/<seq>.png``: those frames'
+    features as colours (:func:`feature_pca_images`, basis of the first); ``<seq>.mp4``: every
+    frame's overlay, with ``video``."""
+    frames = [sequence.frame(i) for i in picks]
+    save_overlay_strip(overlay_dir / f"{sequence.name}.png", frames, [masks[i] for i in picks])
+    save_strip(overlay_dir / "features" / f"{sequence.name}.png",
+               feature_pca_images(features, size=frames[0].shape[:2]))
     if video:
         writer = OverlayVideoWriter(overlay_dir / f"{sequence.name}.mp4", masks.shape[1:])
         for index in range(sequence.num_frames):

@@ -1,0 +1,108 @@
+"""Pictures: overlays and a run's training curves."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from densessl.eval.visualize import _curve_panels, feature_pca_images, overlay_mask, save_training_curves
+
+
+def test_overlay_leaves_background_and_colours_objects():
+    frame = np.full((6, 8, 3), 100, np.uint8)
+    ids = np.zeros((6, 8), np.uint8)
+    ids[2:5, 2:6] = 1
+    out = overlay_mask(frame, ids, alpha=0.5)
+    assert (out[ids == 0] == 100).all()
+    assert not (out[3, 3] == 100).all()
+
+
+def write_log(path, records, garbage=""):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + garbage)
+
+
+def test_training_curves_panels_and_picture(tmp_path):
+    records = [
+        {"step": 0, "kind": "eval", "time": 1.0, "J&F-Mean": 0.40, "J-Mean": 0.39},
+        *({"step": s, "kind": "train", "time": 2.0 + s, "loss": 4.0 - s, "loss_k2": 3.0 - s, "loss_k3": 5.0 - s,
+           "lr": 1e-4, "epoch": s // 2, "flag": True, "note": "text", "grad_norm": float("nan")}
+          for s in (1, 2, 3)),
+        {"step": 3, "kind": "eval", "time": 9.0, "J&F-Mean": 0.55, "J-Mean": 0.52, "frames_per_second": 12.5},
+    ]
+    log = tmp_path / "run" / "log.jsonl"
+    log.parent.mkdir()
+    write_log(log, records, garbage='{"step": 4, "kind": "tr')  # cut short by an interrupted run
+    panels = _curve_panels([json.loads(line) for line in log.read_text().splitlines()[:-1]])
+    # no epoch, bools, strings or NaN; scores share a panel, an eval timing gets its own
+    assert set(panels) == {"loss", "loss_k*", "lr", "evaluation", "eval/frames_per_second"}
+    assert panels["loss_k*"]["loss_k3"] == ([1, 2, 3], [4.0, 3.0, 2.0])
+    assert panels["evaluation"]["J&F-Mean"] == ([0, 3], [0.40, 0.55])
+
+    out = tmp_path / "curves.png"
+    titles = save_training_curves(log, out)
+    assert titles == ["loss", "loss_k*", "lr", "evaluation", "eval/frames_per_second"]
+    with Image.open(out) as image:
+        assert image.size[0] > 600 and image.size[1] > 200
+
+
+def test_training_curves_of_an_empty_log_draw_nothing(tmp_path):
+    log = tmp_path / "log.jsonl"
+    write_log(log, [{"step": 0, "kind": "train", "time": 1.0}])
+    assert save_training_curves(log, tmp_path / "curves.png") == []
+    assert not (tmp_path / "curves.png").exists()
+
+
+def planted_features(generator: torch.Generator, channels: int = 16, size: tuple[int, int] = (12, 20)) -> torch.Tensor:
+    """C×h×w features whose variance lies mostly along three known directions."""
+    directions = torch.linalg.qr(torch.randn(channels, channels, generator=generator))[0][:, :3]
+    strengths = torch.tensor([5.0, 3.0, 2.0])
+    codes = torch.randn(size[0] * size[1], 3, generator=generator) * strengths
+    flat = codes @ directions.T + 0.05 * torch.randn(size[0] * size[1], channels, generator=generator)
+    return flat.T.reshape(channels, *size)
+
+
+def test_feature_pca_follows_the_principal_components():
+    """Each colour channel is an increasing function of the projection on the matching
+    eigenvector of the covariance (numpy's, computed here), up to the clipping."""
+    features = planted_features(torch.Generator().manual_seed(0))
+    picture = feature_pca_images([features])[0]
+    assert picture.shape == (12, 20, 3) and picture.dtype == np.uint8
+    flat = features.reshape(16, -1).T.double().numpy()
+    centred = flat - flat.mean(axis=0)
+    eigenvalues, eigenvectors = np.linalg.eigh(np.cov(centred, rowvar=False))
+    for channel in range(3):
+        vector = eigenvectors[:, -1 - channel]
+        vector = vector * np.sign(vector[np.abs(vector).argmax()])  # the documented sign rule
+        projection = centred @ vector
+        colour = picture[..., channel].reshape(-1).astype(float)
+        inside = (colour > 0) & (colour < 255)
+        assert inside.mean() > 0.9  # 1st–99th percentile scale
+        assert np.corrcoef(projection[inside], colour[inside])[0, 1] > 0.999
+
+
+def test_feature_pca_colours_move_with_the_features():
+    """The basis and scale of the first map apply to all: shifted features give the shifted
+    picture, and a point keeps its colour."""
+    first = planted_features(torch.Generator().manual_seed(1))
+    shifted = torch.roll(first, shifts=3, dims=-1)
+    a, b = feature_pca_images([first.unsqueeze(0), shifted.unsqueeze(0)])
+    assert np.array_equal(np.roll(a, 3, axis=1), b)
+
+
+def test_feature_pca_enlarges_and_handles_few_channels():
+    features = torch.randn(2, 4, 6, generator=torch.Generator().manual_seed(2))
+    picture = feature_pca_images([features], size=(8, 12))[0]
+    assert picture.shape == (8, 12, 3)
+    assert (picture[..., 2] == 0).all()  # two channels: no third component
+    assert np.array_equal(picture[::2, ::2], feature_pca_images([features])[0])
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-3])
+def test_feature_pca_does_not_depend_on_the_features_scale(scale):
+    features = planted_features(torch.Generator().manual_seed(3))
+    difference = feature_pca_images([features * scale])[0].astype(int) - feature_pca_images([features])[0]
+    assert np.abs(difference).max() <= 1  # rounding only
