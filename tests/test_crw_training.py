@@ -88,6 +88,15 @@ def test_keep_exports_keeps_the_backbone_of_every_checkpoint(tmp_path):
     assert not all(torch.equal(at_2[k], at_3[k]) for k in at_3)  # step 3 trained on
 
 
+def test_keep_exports_last_keeps_the_newest_folders(tmp_path):
+    args = tiny_run_args(tmp_path, "last") + ["train.checkpoint_every=1", "train.keep_exports=true",
+                                              "train.keep_exports_last=2"]
+    assert main(args) == 0
+    folder = tmp_path / "runs" / "last" / "checkpoints"
+    assert sorted(p.name for p in folder.glob("step_*")) == ["step_0000002", "step_0000003"]
+    assert main(args[:-1] + ["train.keep_exports_last=-1", "--overwrite"]) == 2
+
+
 def train_on_synthetic_video(tmp_path: Path, mode: str, evaluate: bool = True) -> tuple[Path, Path, list[str]]:
     """90 CPU steps of CRW on 26 synthetic videos (4 held out); with ``evaluate``, J&F on the
     held-out videos at step 0 and at the end.

@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import logging
 import math
+import shutil
 import signal
 import threading
 import time
@@ -76,6 +77,7 @@ class TrainConfig:
     find_unused_parameters: bool = False  # DDP: some steps leave parameters without gradients
     checkpoint_every: int = 1000
     keep_exports: bool = False  # also keep each checkpoint's exported weights in checkpoints/step_<N>/
+    keep_exports_last: int = 0  # with keep_exports: only the newest N of those folders (0: all)
     log_every: int = 20
     device: str = "auto"
     progress: bool = True
@@ -169,6 +171,8 @@ def validate_train_config(cfg: TrainConfig, world_size: int = 1) -> None:
         raise InputError("set train.epochs or train.max_steps to at least 1")
     if cfg.checkpoint_every < 1 or cfg.log_every < 1:
         raise InputError("train.checkpoint_every and train.log_every must be >= 1")
+    if cfg.keep_exports_last < 0:
+        raise InputError(f"train.keep_exports_last must be >= 0 (0: keep all), got {cfg.keep_exports_last}")
 
 
 def prepare_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool = False) -> Path:
@@ -382,6 +386,11 @@ class Trainer:
                 self.export(self.run_dir / "checkpoints")
                 if self.cfg.keep_exports:
                     self.export(self.run_dir / "checkpoints" / f"step_{self.step:07d}")
+                    if self.cfg.keep_exports_last > 0:
+                        kept = sorted(p for p in (self.run_dir / "checkpoints").glob("step_*")
+                                      if p.is_dir() and p.name[5:].isdigit())
+                        for stale in kept[: -self.cfg.keep_exports_last]:
+                            shutil.rmtree(stale)
             self.save_curves()
         barrier()
 
