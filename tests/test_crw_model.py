@@ -13,7 +13,7 @@ from conftest import compiled_counting_graphs
 from densessl.augment.boxes import crop_and_resize, grid_boxes, random_resized_boxes
 from densessl.augment.crw import CRWAugment, clip_to_float
 from densessl.losses.random_walk import RandomWalkLoss
-from densessl.video.crw import CRW, CRWTrainModel
+from densessl.video.crw import CRW, CRWTrainModel, walk_assignments, walk_view
 
 
 class TinyBackbone(nn.Module):
@@ -300,3 +300,45 @@ def test_loss_module_is_shared_definition():
     assert (model.walk.temperature, model.walk.edge_dropout, model.walk.min_cycle) == (0.07, 0.2, 1)
     with pytest.raises(ValueError):
         CRW(TinyBackbone(), mode="pixels")
+
+
+# ---------------------------------------------------------------------------- walk pictures
+def test_walk_assignments_follow_a_permuted_clip():
+    """Frame t+1's nodes are frame t's permuted by σ: the walk carries node i to σ^{T-1}(i), so
+    the last frame's node j comes from σ^{-(T-1)}(j), and every round trip returns home."""
+    torch.manual_seed(0)
+    n, steps = 12, 3
+    sigma = torch.randperm(n)
+    frames = [F.normalize(torch.randn(n, 16), dim=-1)]
+    for _ in range(steps):
+        following = torch.empty_like(frames[-1])
+        following[sigma] = frames[-1]  # node i moves to position sigma[i]
+        frames.append(following)
+    source_of_last, returns_home = walk_assignments(torch.stack(frames), temperature=0.01)
+    where = torch.arange(n)
+    for _ in range(steps):
+        where = sigma[where]  # where[i]: the position of node i in the last frame
+    expected = torch.empty(n, dtype=torch.long)
+    expected[where] = torch.arange(n)
+    assert torch.equal(source_of_last, expected)
+    assert returns_home.all()
+    scrambled = torch.stack([frames[0], *[F.normalize(torch.randn(n, 16), dim=-1) for _ in range(steps)]])
+    assert not walk_assignments(scrambled, temperature=0.01)[1].all()
+
+
+@pytest.mark.parametrize("mode", ["patch", "dense", "roi"])
+def test_walk_view_shapes_and_leaves_mode_and_rng_alone(mode):
+    torch.manual_seed(0)
+    aug = CRWAugment(frame_size=32, patch_size=16, patch_stride=8, with_patches=mode == "patch")
+    model = CRWTrainModel(aug, CRW(TinyBackbone(), mode=mode, embed_dim=8)).train()
+    clip = random_clip(b=1, t=4, h=36, w=40)[0]
+    state = torch.get_rng_state()
+    view = walk_view(model, clip, seed=3)
+    assert torch.equal(torch.get_rng_state(), state) and model.training
+    nodes = 9 if mode != "dense" else 64  # 3×3 patches, or the 8×8 cells of a stride-4 map
+    assert view.frames.shape == (4, 32, 32, 3) and view.frames.dtype == torch.uint8
+    assert view.centres.shape == (4, nodes, 2)
+    assert view.source_of_last.shape == (nodes,) and view.returns_home.shape == (nodes,)
+    assert 0 <= view.centres.min() and view.centres.max() <= 32
+    again = walk_view(model, clip, seed=3)
+    assert torch.equal(again.frames, view.frames) and torch.equal(again.source_of_last, view.source_of_last)

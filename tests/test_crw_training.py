@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from densessl.datasets.synthetic import SyntheticConfig, write_synthetic_davis
 from densessl.engine.checkpoint import load_checkpoint
@@ -86,6 +87,19 @@ def test_keep_exports_keeps_the_backbone_of_every_checkpoint(tmp_path):
         folder / "step_0000002" / "backbone.pt", folder / "step_0000003" / "backbone.pt", folder / "backbone.pt"))
     assert all(torch.equal(at_3[k], latest[k]) for k in latest)
     assert not all(torch.equal(at_2[k], at_3[k]) for k in at_3)  # step 3 trained on
+
+
+def test_pictures_of_the_walk_and_the_curves_at_each_checkpoint(tmp_path):
+    args = tiny_run_args(tmp_path, "pictures") + ["train.checkpoint_every=2"]
+    assert main(args) == 0
+    run = tmp_path / "runs" / "pictures"
+    assert sorted(p.name for p in (run / "walks").iterdir()) == ["step_0000002.png", "step_0000003.png"]
+    with Image.open(run / "walks" / "step_0000003.png") as picture:
+        assert picture.size[0] > 3 * 256 and picture.size[1] > 256  # three panels of 32 px frames ×8
+    assert (run / "curves.png").is_file()
+    assert main(tiny_run_args(tmp_path / "off", "none") + ["train.pictures=false"]) == 0
+    assert not (tmp_path / "off" / "runs" / "none" / "walks").exists()
+    assert not (tmp_path / "off" / "runs" / "none" / "curves.png").exists()
 
 
 def test_keep_exports_last_keeps_the_newest_folders(tmp_path):

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import compiled_counting_graphs, make_motion_set
 
@@ -846,6 +847,21 @@ def test_descend_generator_lowers_the_objective_the_report_scores_and_leaves_the
         descend_generator(model, dataset, flows, size, config=DescentConfig(steps=0))
 
 
+def test_cis_view_shapes_and_mode():
+    from densessl.video.motion_vos import cis_view
+
+    torch.manual_seed(0)
+    model = MotionVOSModel(MotionVOSNetConfig(**TINY_NET))
+    model.train()
+    image, flow = torch.rand(3, 3, 16, 24), 3 * torch.randn(3, 2, 16, 24)
+    view = cis_view(model, image, flow)
+    h, w = model.normalize(image, flow)[1].shape[-2:]
+    assert model.training
+    assert view.images.shape == (3, h, w, 3) and view.images.dtype == np.uint8
+    assert view.flows.shape == view.inpainted.shape == (3, h, w, 2) and view.masks.shape == (3, h, w)
+    assert 0 <= view.masks.min() and view.masks.max() <= 1
+
+
 def test_train_then_eval_tools_end_to_end(tmp_path):
     from densessl.eval.davis_metrics import evaluate_results
     from densessl.tools.eval_motion_vos import main as eval_main
@@ -866,6 +882,10 @@ def test_train_then_eval_tools_end_to_end(tmp_path):
     run = tmp_path / "runs" / "t"
     logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if r.get("kind", "train") == "train"] == [1, 2, 3, 4]
+    assert sorted(p.name for p in (run / "masks").iterdir()) == ["step_0000002.png", "step_0000004.png"]
+    rows = len(DavisDataset(root, year=2017, split="train"))  # one pair per training sequence, up to 4
+    with Image.open(run / "masks" / "step_0000004.png") as picture:  # 8×12 network tiles enlarged ×16
+        assert picture.size == (4 * 192, 22 + 20 + rows * 128)
     model = load_motion_vos(run / "checkpoints" / "motion_vos.pt")
     assert int(model.steps_done) == 4
     last = load_motion_vos(run / "checkpoints" / "last.pt")

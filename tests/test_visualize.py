@@ -9,7 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
-from densessl.eval.visualize import _curve_panels, feature_pca_images, overlay_mask, save_training_curves
+from densessl.eval.visualize import (
+    _curve_panels,
+    feature_pca_images,
+    overlay_mask,
+    position_colours,
+    save_cis_picture,
+    save_training_curves,
+    save_walk_picture,
+)
 
 
 def test_overlay_leaves_background_and_colours_objects():
@@ -106,3 +114,50 @@ def test_feature_pca_does_not_depend_on_the_features_scale(scale):
     features = planted_features(torch.Generator().manual_seed(3))
     difference = feature_pca_images([features * scale])[0].astype(int) - feature_pca_images([features])[0]
     assert np.abs(difference).max() <= 1  # rounding only
+
+
+def test_position_colours_differ_across_the_frame_and_vary_smoothly():
+    points = np.array([[4.0, 4.0], [6.0, 4.0], [60.0, 4.0], [4.0, 60.0]])
+    colours = position_colours(points, 64).astype(int)
+    near, across, down = (np.abs(colours[0] - colours[i]).sum() for i in (1, 2, 3))
+    assert across > 100 and down > 100 and 4 * near < min(across, down)
+
+
+def test_walk_picture_panels(tmp_path):
+    """A walk that stays put colours the last frame exactly like the first: the first two panels
+    are equal below their labels; nodes that do not return home become rings in the third."""
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    frames = np.stack([frame, frame, frame])
+    grid = np.stack(np.meshgrid([8.0, 16.0, 24.0], [8.0, 16.0, 24.0]), axis=-1).reshape(-1, 2)
+    centres = np.stack([grid] * 3)
+    home = np.ones(9, bool)
+    path = tmp_path / "walk.png"
+    save_walk_picture(path, frames, centres, np.arange(9), home)
+    picture = np.asarray(Image.open(path).convert("RGB"))
+    assert picture.shape == (22 + 256, 3 * 256 + 2 * 6, 3)  # 32 px frames enlarged ×8
+    first, last, third = (picture[22:, i * 262 : i * 262 + 256] for i in range(3))
+    assert np.array_equal(first, last) and np.array_equal(first, third)
+    home[4] = False
+    save_walk_picture(path, frames, centres, np.roll(np.arange(9), 1), home)
+    picture = np.asarray(Image.open(path).convert("RGB"))
+    first, last, third = (picture[22:, i * 262 : i * 262 + 256] for i in range(3))
+    assert not np.array_equal(first, last) and not np.array_equal(first, third)
+
+
+def test_cis_picture_shows_the_reconstruction_only_inside_the_mask(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 8, 12, 3), dtype=np.uint8)
+    flows = rng.normal(size=(2, 8, 12, 2)).astype(np.float32)
+    masks = np.zeros((2, 8, 12), np.float32)
+    masks[1, 2:6, 3:9] = 0.9
+    path = tmp_path / "cis.png"
+    save_cis_picture(path, images, flows, masks, -flows)
+    picture = np.asarray(Image.open(path).convert("RGB"))
+    assert picture.shape == (20 + 2 * 128, 4 * 192, 3)  # 8×12 tiles enlarged ×16
+    tile = lambda row, column: picture[20 + row * 128 : 20 + (row + 1) * 128, column * 192 : (column + 1) * 192]
+    assert np.array_equal(tile(0, 1), tile(0, 3))  # nothing hidden: the flow itself
+    assert np.array_equal(tile(0, 0), np.kron(images[0], np.ones((16, 16, 1), np.uint8)))
+    hidden = np.kron(masks[1] > 0.5, np.ones((16, 16), bool))
+    assert np.array_equal(tile(1, 1)[~hidden], tile(1, 3)[~hidden])  # outside the mask: the flow
+    assert not np.array_equal(tile(1, 1)[hidden], tile(1, 3)[hidden])  # inside: the reconstruction

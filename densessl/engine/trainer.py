@@ -79,6 +79,7 @@ class TrainConfig:
     keep_exports: bool = False  # also keep each checkpoint's exported weights in checkpoints/step_<N>/
     keep_exports_last: int = 0  # with keep_exports: only the newest N of those folders (0: all)
     log_every: int = 20
+    pictures: bool = True  # curves.png and the method's own pictures, at each checkpoint and at the end
     device: str = "auto"
     progress: bool = True
 
@@ -268,6 +269,9 @@ class Trainer:
         export: ``export(folder)`` writes the model's weights for use elsewhere (e.g. the
             backbone) into ``folder``; on the main rank after each checkpoint, into
             ``<run>/checkpoints/`` and, with ``cfg.keep_exports``, ``<run>/checkpoints/step_<N>/``.
+        draw: ``draw(step)`` writes the method's pictures of the model into the run folder; on
+            the main rank after each checkpoint, with ``cfg.pictures``. It must leave the model's
+            mode and the global RNG states as it found them.
     """
 
     def __init__(
@@ -284,6 +288,7 @@ class Trainer:
         eval_every: int = 0,
         eval_at_start: bool = False,
         export: Callable[[Path], None] | None = None,
+        draw: Callable[[int], None] | None = None,
     ) -> None:
         validate_train_config(cfg, dist.world_size)
         self.cfg = cfg
@@ -295,6 +300,7 @@ class Trainer:
         self.eval_every = eval_every
         self.eval_at_start = eval_at_start
         self.export = export
+        self.draw = draw
         self.per_rank_batch = cfg.batch_size // dist.world_size
 
         if cfg.sync_bn and dist.distributed and self.device.type == "cuda":
@@ -391,20 +397,28 @@ class Trainer:
                                       if p.is_dir() and p.name[5:].isdigit())
                         for stale in kept[: -self.cfg.keep_exports_last]:
                             shutil.rmtree(stale)
-            self.save_curves()
+            self.save_pictures(of_model=True)
         barrier()
 
-    def save_curves(self) -> None:
-        """``<run>/curves.png``: the log's metrics against the step (main rank). A picture that
-        cannot be drawn is reported and does not stop training."""
-        if not self.dist.is_main or not (self.run_dir / "log.jsonl").is_file():
+    def save_pictures(self, of_model: bool) -> None:
+        """``<run>/curves.png`` (the log's metrics against the step) and, with ``of_model``, the
+        method's pictures (``draw``), on the main rank with ``cfg.pictures``. A picture that cannot
+        be drawn is reported and does not stop training."""
+        if not self.dist.is_main or not self.cfg.pictures:
             return
         from densessl.eval.visualize import save_training_curves
 
-        try:
-            save_training_curves(self.run_dir / "log.jsonl", self.run_dir / "curves.png")
-        except Exception as error:  # a picture only: training and its results are unaffected
-            log.warning("could not draw %s: %s", self.run_dir / "curves.png", error)
+        jobs: list[tuple[str, Callable[[], Any]]] = []
+        if (self.run_dir / "log.jsonl").is_file():
+            jobs.append(("curves.png", lambda: save_training_curves(self.run_dir / "log.jsonl",
+                                                                    self.run_dir / "curves.png")))
+        if of_model and self.draw is not None:
+            jobs.append((f"the pictures of step {self.step}", lambda: self.draw(self.step)))
+        for what, job in jobs:
+            try:
+                job()
+            except Exception as error:  # a picture only: training and its results are unaffected
+                log.warning("could not draw %s in %s: %s", what, self.run_dir, error)
 
     def load(self, path: Path) -> None:
         state = load_checkpoint(path, map_location="cpu")
@@ -531,7 +545,7 @@ class Trainer:
         finally:
             self.logger.close()
             self.session_start = None  # the next fit() is a new session
-            self.save_curves()  # with the final evaluation, which comes after the last checkpoint
+            self.save_pictures(of_model=False)  # the curves with the final evaluation, after the last checkpoint
         return result
 
     @contextlib.contextmanager

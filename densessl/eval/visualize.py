@@ -88,6 +88,121 @@ def feature_pca_images(features: Sequence[torch.Tensor], size: tuple[int, int] |
     return pictures
 
 
+def position_colours(centres: np.ndarray, size: int) -> np.ndarray:
+    """N×3 uint8 RGB colours of points N×2 (x, y) in a ``size``-pixel square: hue runs with x,
+    brightness falls with y, so neighbours get similar colours and far points different ones."""
+    x = np.clip(centres[:, 0] / size, 0, 1)
+    y = np.clip(centres[:, 1] / size, 0, 1)
+    hsv = np.stack([x * 150, np.full_like(x, 255), 255 * (1 - 0.6 * y)], axis=1)  # OpenCV hue: 0–179
+    return cv2.cvtColor(hsv.round().astype(np.uint8)[None], cv2.COLOR_HSV2RGB)[0]
+
+
+def save_walk_picture(
+    path: str | os.PathLike,
+    frames: np.ndarray,
+    centres: np.ndarray,
+    source_of_last: np.ndarray,
+    returns_home: np.ndarray,
+    title: str = "",
+    min_size: int = 256,
+) -> None:
+    """Three panels of a random walk on one clip, side by side:
+
+    1. the first frame, each node a dot coloured by its position (:func:`position_colours`);
+    2. the last frame, each node coloured as the first-frame node whose walker most likely ends
+       there: where the walk follows the scene, the colours move with the content;
+    3. the first frame again, nodes whose round trip 0 → last → 0 returns home in colour, the
+       others as grey rings.
+
+    Args:
+        frames: T×S×S×3 uint8 RGB augmented frames; centres: T×N×2 (x, y) in frame pixels;
+            source_of_last: N first-frame node indices; returns_home: N bools.
+        min_size: panels are enlarged (nearest) to at least this many pixels.
+    """
+    size = frames.shape[1]
+    scale = max(1, -(-min_size // size))
+    colours = position_colours(centres[0], size)
+    spacing = np.sort(np.linalg.norm(centres[0][:, None] - centres[0][None], axis=-1), axis=1)
+    radius = max(2, int(round(0.3 * scale * float(np.median(spacing[:, 1]) if len(centres[0]) > 1 else size))))
+
+    def panel(frame: np.ndarray, points: np.ndarray, fill: np.ndarray, rings: np.ndarray, label: str) -> np.ndarray:
+        image = cv2.resize(frame, (size * scale, size * scale), interpolation=cv2.INTER_NEAREST)
+        dots = image.copy()
+        for (x, y), colour, ring in zip(points * scale, fill, rings):
+            centre = (int(round(x)), int(round(y)))
+            if ring:
+                cv2.circle(dots, centre, radius, (160, 160, 160), max(1, radius // 3))
+            else:
+                cv2.circle(dots, centre, radius, tuple(int(c) for c in colour), -1)
+        image = cv2.addWeighted(dots, 0.8, image, 0.2, 0)
+        header = np.full((22, image.shape[1], 3), 255, np.uint8)
+        cv2.putText(header, label, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        return np.concatenate([header, image], axis=0)
+
+    last = len(frames) - 1
+    none = np.zeros(len(colours), bool)
+    tiles = [
+        panel(frames[0], centres[0], colours, none, "frame 0: nodes by position"),
+        panel(frames[last], centres[last], colours[source_of_last], none[: len(source_of_last)],
+              f"frame {last}: where the walk goes"),
+        panel(frames[0], centres[0], colours, ~returns_home, f"round trip home: {returns_home.mean():.2f}"),
+    ]
+    gap = np.full((tiles[0].shape[0], 6, 3), 255, np.uint8)
+    strip = np.concatenate([tiles[0], gap, tiles[1], gap, tiles[2]], axis=1)
+    if title:
+        band = np.full((24, strip.shape[1], 3), 255, np.uint8)
+        cv2.putText(band, title, (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        strip = np.concatenate([band, strip], axis=0)
+    save_strip(path, [strip], max_width=strip.shape[1])
+
+
+def save_cis_picture(
+    path: str | os.PathLike,
+    images: np.ndarray,
+    flows: np.ndarray,
+    masks: np.ndarray,
+    inpainted: np.ndarray,
+    title: str = "",
+    min_height: int = 128,
+) -> None:
+    """One row per pair, four columns: the image, its flow (Middlebury colours), the generator's
+    soft mask (white = hidden), and the flow with the hidden region (mask > 0.5) replaced by the
+    inpainter's reconstruction from the context, in the same colour scale as the flow. Where
+    the mask covers a moving object, the reconstruction there should look wrong.
+
+    Args:
+        images: B×h×w×3 uint8; flows, inpainted: B×h×w×2 (any common unit); masks: B×h×w in [0, 1].
+    """
+    from densessl.datasets.flow_io import flow_to_color
+
+    height, width = images.shape[1:3]
+    scale = max(1, -(-min_height // height))
+    labels = ["image", "flow", "mask (hidden)", "flow, inpainted inside"]
+
+    def enlarge(tile: np.ndarray) -> np.ndarray:
+        return cv2.resize(tile, (width * scale, height * scale), interpolation=cv2.INTER_NEAREST)
+
+    rows = []
+    for image, flow, mask, recon in zip(images, flows, masks, inpainted):
+        largest = float(np.sqrt((flow ** 2).sum(-1)).max()) or 1.0
+        hidden = mask[..., None] > 0.5
+        composite = np.where(hidden, recon, flow).astype(np.float32)
+        grey = (np.clip(mask, 0, 1) * 255).round().astype(np.uint8)
+        tiles = [image, flow_to_color(flow.astype(np.float32), largest), np.repeat(grey[..., None], 3, axis=-1),
+                 flow_to_color(composite, largest)]
+        rows.append(np.concatenate([enlarge(t) for t in tiles], axis=1))
+    header = np.full((20, rows[0].shape[1], 3), 255, np.uint8)
+    for column, label in enumerate(labels):
+        cv2.putText(header, label, (column * width * scale + 4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+    picture = np.concatenate([header, *rows], axis=0)
+    if title:
+        band = np.full((22, picture.shape[1], 3), 255, np.uint8)
+        cv2.putText(band, title, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        picture = np.concatenate([band, picture], axis=0)
+    save_strip(path, [picture], max_width=picture.shape[1])
+
+
 def save_strip(path: str | os.PathLike, tiles: Sequence[np.ndarray], max_width: int = 1600) -> None:
     """Save ``H×W×3`` uint8 RGB tiles side by side as one PNG, scaled down to ``max_width``."""
     strip = np.concatenate(list(tiles), axis=1)

@@ -159,9 +159,22 @@ def train(cfg: CRWConfig, resume: bool = False, overwrite: bool = False):
                 folder / "backbone.pt",
             )
 
+        def draw(step: int) -> None:
+            """``walks/step_<N>.png``: the walk on the first clip of the first epoch's plan."""
+            from densessl.eval.visualize import save_walk_picture
+            from densessl.video.crw import walk_view
+
+            clip = dataset[sampler.plan(0)[0]].to(dist.device)
+            view = walk_view(model, clip, seed=cfg.train.seed)
+            save_walk_picture(
+                run_dir / "walks" / f"step_{step:07d}.png", view.frames.numpy(), view.centres.numpy(),
+                view.source_of_last.numpy(), view.returns_home.numpy(), title=f"{cfg.train.name}, step {step}",
+            )
+
         trainer = Trainer(
             cfg.train, model, dataset, sampler, dist, run_dir, cfg, collate_fn=collate_clips,
             evaluate=evaluate, eval_every=cfg.eval.every, eval_at_start=cfg.eval.at_start, export=export,
+            draw=draw,
         )
         if dist.is_main:
             log.info(

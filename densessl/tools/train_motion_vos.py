@@ -16,6 +16,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from densessl.datasets.motion_pairs import PairAugmentConfig
@@ -156,6 +157,35 @@ def make_evaluator(cfg: MotionVOSConfig, model, device: torch.device):
     return evaluate
 
 
+def make_drawer(cfg: MotionVOSConfig, dataset, model, device: torch.device, run_dir: Path, pairs: int = 4):
+    """``draw(step)``: ``<run>/masks/step_<N>.png``, the generator's masks and the inpainter's
+    reconstructions (:func:`densessl.eval.visualize.save_cis_picture`) on the middle pair of up to
+    ``pairs`` sequences spread over the training set, uncropped, at the training size."""
+    inputs: list[torch.Tensor] = []
+
+    def draw(step: int) -> None:
+        from densessl.datasets.motion_pairs import resize_flow, resize_image
+        from densessl.eval.visualize import save_cis_picture
+        from densessl.video.motion_vos import cis_view
+
+        if not inputs:
+            with_pairs = [i for i, count in enumerate(dataset.clip_counts()) if count > 0]
+            spread = np.linspace(0, len(with_pairs) - 1, min(pairs, len(with_pairs)))
+            chosen = sorted({with_pairs[round(k)] for k in spread})
+            size = tuple(cfg.augment.size)
+            images, flows = [], []
+            for index in chosen:
+                image, flow, _ = dataset.load(index, dataset.clip_counts()[index] // 2)
+                images.append(torch.from_numpy(resize_image(image, size)).permute(2, 0, 1).float() / 255)
+                flows.append(torch.from_numpy(resize_flow(flow, size)).permute(2, 0, 1))
+            inputs.extend([torch.stack(images).to(device), torch.stack(flows).to(device)])
+        view = cis_view(model, *inputs)
+        save_cis_picture(run_dir / "masks" / f"step_{step:07d}.png", view.images, view.flows, view.masks,
+                         view.inpainted, title=f"{cfg.train.name}, step {step}")
+
+    return draw
+
+
 def export_model(model, cfg: MotionVOSConfig, path: Path) -> None:
     """``motion_vos.pt``: ``{"net_config": ..., "state_dict": ...}`` (read by ``load_motion_vos``)."""
     from densessl.engine.checkpoint import save_checkpoint
@@ -174,6 +204,7 @@ def train(cfg: MotionVOSConfig, resume: bool = False, overwrite: bool = False):
             cfg.train, model, dataset, sampler, dist, run_dir, cfg, evaluate=make_evaluator(cfg, model, dist.device),
             eval_every=cfg.eval.every, eval_at_start=cfg.eval.at_start,
             export=lambda folder: export_model(model, cfg, folder / "motion_vos.pt"),
+            draw=make_drawer(cfg, dataset, model, dist.device, run_dir),
         )
         if dist.is_main:
             log.info(

@@ -13,13 +13,15 @@ Three ways to make nodes (``mode``):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from densessl.augment.crw import CRWAugment, CRWViews
-from densessl.losses.random_walk import RandomWalkLoss
+from densessl.losses.random_walk import RandomWalkLoss, transition_matrices
 
 MODES = ("patch", "dense", "roi")
 
@@ -172,3 +174,81 @@ def walk_metrics(model: CRWTrainModel, clips: Tensor, seed: int = 0, batch_size:
     finally:
         model.train(was_training)
     return {key: value / len(clips) for key, value in totals.items()}
+
+
+@dataclass
+class WalkView:
+    """What the walk does on one augmented clip, for pictures.
+
+    ``frames``: T×S×S×3 uint8 RGB (the augmented frames); ``centres``: T×N×2 node centres
+    (x, y) in frame pixels; ``source_of_last``: N, for each node of the last frame, the
+    first-frame node whose walker most likely ends there; ``returns_home``: N bool, whether the
+    round trip 0 → T−1 → 0 of each first-frame node ends where it started (argmax).
+    """
+
+    frames: Tensor
+    centres: Tensor
+    source_of_last: Tensor
+    returns_home: Tensor
+
+    @property
+    def cycle_accuracy(self) -> float:
+        return float(self.returns_home.float().mean())
+
+
+def walk_assignments(nodes: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """Where the walk of a clip goes, without edge dropout.
+
+    Args:
+        nodes: T×N×D node embeddings of one clip.
+        temperature: the walk's softmax temperature.
+
+    Returns:
+        (source_of_last, returns_home): N indices into the first frame's nodes (argmax over the
+        sources of the forward product F_0 … F_{T−2}, per last-frame node) and N bools (the
+        argmax of the longest palindrome's return distribution is the start).
+    """
+    forward, backward = transition_matrices(nodes[None].float(), temperature)
+    walk = forward[0]
+    for step in forward[1:]:
+        walk = walk @ step
+    cycle = walk
+    for step in reversed(backward):
+        cycle = cycle @ step
+    source_of_last = walk[0].argmax(dim=0)
+    returns_home = cycle[0].argmax(dim=-1) == torch.arange(nodes.shape[1], device=nodes.device)
+    return source_of_last, returns_home
+
+
+def _node_centres(model: CRW, views: CRWViews) -> Tensor:
+    """T×N×2 node centres (x, y) in frame pixels of the first clip of ``views``."""
+    if model.mode != "dense":
+        boxes = views.boxes[0]
+        return torch.stack([(boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2], dim=-1)
+    t, _, size_h, size_w = views.frames.shape[1:]
+    with torch.no_grad():
+        cells_h, cells_w = model._encode(views.frames[0, :1]).shape[-2:]
+    ys = (torch.arange(cells_h, device=views.frames.device) + 0.5) * size_h / cells_h
+    xs = (torch.arange(cells_w, device=views.frames.device) + 0.5) * size_w / cells_w
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(-1, 2)  # row-major cells
+    return grid.expand(t, -1, -1)
+
+
+@torch.no_grad()
+def walk_view(model: CRWTrainModel, clip: Tensor, seed: int = 0) -> WalkView:
+    """The walk on one clip (uint8 T×H×W×3 or T×3×H×W, on the model's device), in eval mode,
+    with augmentation drawn from ``seed`` (the global RNG states are left as they were)."""
+    was_training = model.training
+    model.eval()
+    devices = [clip.device.index or 0] if clip.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            views = model.augment(clip[None])
+            nodes = model.model.nodes(views, model.augment.patch_size)[0]
+            source_of_last, returns_home = walk_assignments(nodes, model.model.walk.temperature)
+            centres = _node_centres(model.model, views)
+    finally:
+        model.train(was_training)
+    frames = (views.frames[0].float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    return WalkView(frames.cpu(), centres.float().cpu(), source_of_last.cpu(), returns_home.cpu())

@@ -474,6 +474,41 @@ class MotionVOSModel(nn.Module):
         return loss, metrics
 
 
+@dataclass
+class CISView:
+    """What the generator and the inpainter do on a few pairs, for pictures (all CPU numpy, at the
+    networks' resolution): ``images`` B×h×w×3 uint8; ``flows`` B×h×w×2 and ``inpainted``
+    B×h×w×2, the normalised flow and the inpainter's reconstruction of it from the context of
+    the generator's mask; ``masks`` B×h×w, the generator's soft mask (what it hides)."""
+
+    images: np.ndarray
+    flows: np.ndarray
+    masks: np.ndarray
+    inpainted: np.ndarray
+
+
+@torch.no_grad()
+def cis_view(model: MotionVOSModel, image: Tensor, flow: Tensor) -> CISView:
+    """The training generator's masks and the inpainter's reconstructions for ``image``
+    (B×3×H×W in [0, 1]) and ``flow`` (B×2×H×W, pixels), in eval mode (the mode is restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        normalized_image, normalized_flow = model.normalize(image, flow)
+        mask = model.generator.mask(model.generator(normalized_image, normalized_flow))
+        inside, _, _ = model._reconstruct(normalized_image, normalized_flow, mask)
+    finally:
+        model.train(was_training)
+    size = normalized_flow.shape[-2:]
+    small = F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return CISView(
+        images=(small.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy(),
+        flows=normalized_flow.float().permute(0, 2, 3, 1).cpu().numpy(),
+        masks=mask[:, 0].float().cpu().numpy(),
+        inpainted=inside.float().permute(0, 2, 3, 1).cpu().numpy(),
+    )
+
+
 # ------------------------------------------------------------------------------- inference
 
 
