@@ -1,4 +1,4 @@
-"""Pictures: overlays and a run's training curves."""
+"""Pictures: overlays, training curves, feature colours, the CRW walk and the CIS masks."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def test_feature_pca_follows_the_principal_components():
     assert picture.shape == (12, 20, 3) and picture.dtype == np.uint8
     flat = features.reshape(16, -1).T.double().numpy()
     centred = flat - flat.mean(axis=0)
-    eigenvalues, eigenvectors = np.linalg.eigh(np.cov(centred, rowvar=False))
+    _, eigenvectors = np.linalg.eigh(np.cov(centred, rowvar=False))  # ascending eigenvalues
     for channel in range(3):
         vector = eigenvectors[:, -1 - channel]
         vector = vector * np.sign(vector[np.abs(vector).argmax()])  # the documented sign rule

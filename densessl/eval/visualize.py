@@ -122,8 +122,8 @@ def save_walk_picture(
     size = frames.shape[1]
     scale = max(1, -(-min_size // size))
     colours = position_colours(centres[0], size)
-    spacing = np.sort(np.linalg.norm(centres[0][:, None] - centres[0][None], axis=-1), axis=1)
-    radius = max(2, int(round(0.3 * scale * float(np.median(spacing[:, 1]) if len(centres[0]) > 1 else size))))
+    spacing = size / np.sqrt(len(colours))  # of a square grid of that many nodes
+    radius = max(2, int(round(0.3 * scale * spacing)))
 
     def panel(frame: np.ndarray, points: np.ndarray, fill: np.ndarray, rings: np.ndarray, label: str) -> np.ndarray:
         image = cv2.resize(frame, (size * scale, size * scale), interpolation=cv2.INTER_NEAREST)
@@ -143,8 +143,7 @@ def save_walk_picture(
     none = np.zeros(len(colours), bool)
     tiles = [
         panel(frames[0], centres[0], colours, none, "frame 0: nodes by position"),
-        panel(frames[last], centres[last], colours[source_of_last], none[: len(source_of_last)],
-              f"frame {last}: where the walk goes"),
+        panel(frames[last], centres[last], colours[source_of_last], none, f"frame {last}: where the walk goes"),
         panel(frames[0], centres[0], colours, ~returns_home, f"round trip home: {returns_home.mean():.2f}"),
     ]
     gap = np.full((tiles[0].shape[0], 6, 3), 255, np.uint8)

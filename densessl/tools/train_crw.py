@@ -159,13 +159,16 @@ def train(cfg: CRWConfig, resume: bool = False, overwrite: bool = False):
                 folder / "backbone.pt",
             )
 
+        picture_clip: list[torch.Tensor] = []  # read at the first picture, then kept
+
         def draw(step: int) -> None:
             """``walks/step_<N>.png``: the walk on the first clip of the first epoch's plan."""
             from densessl.eval.visualize import save_walk_picture
             from densessl.video.crw import walk_view
 
-            clip = dataset[sampler.plan(0)[0]].to(dist.device)
-            view = walk_view(model, clip, seed=cfg.train.seed)
+            if not picture_clip:
+                picture_clip.append(dataset[sampler.plan(0)[0]].to(dist.device))
+            view = walk_view(model, picture_clip[0], seed=cfg.train.seed)
             save_walk_picture(
                 run_dir / "walks" / f"step_{step:07d}.png", view.frames.numpy(), view.centres.numpy(),
                 view.source_of_last.numpy(), view.returns_home.numpy(), title=f"{cfg.train.name}, step {step}",

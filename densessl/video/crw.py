@@ -191,10 +191,6 @@ class WalkView:
     source_of_last: Tensor
     returns_home: Tensor
 
-    @property
-    def cycle_accuracy(self) -> float:
-        return float(self.returns_home.float().mean())
-
 
 def walk_assignments(nodes: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
     """Where the walk of a clip goes, without edge dropout.
@@ -226,8 +222,7 @@ def _node_centres(model: CRW, views: CRWViews) -> Tensor:
         boxes = views.boxes[0]
         return torch.stack([(boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2], dim=-1)
     t, _, size_h, size_w = views.frames.shape[1:]
-    with torch.no_grad():
-        cells_h, cells_w = model._encode(views.frames[0, :1]).shape[-2:]
+    cells_h, cells_w = model._encode(views.frames[0, :1]).shape[-2:]  # called under no_grad
     ys = (torch.arange(cells_h, device=views.frames.device) + 0.5) * size_h / cells_h
     xs = (torch.arange(cells_w, device=views.frames.device) + 0.5) * size_w / cells_w
     grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(-1, 2)  # row-major cells
