@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-crw": ("train_crw", "train a contrastive random walk model on video"),
     "train-motion-vos": ("train_motion_vos", "train a CIS motion segmentation model on cached flow"),
     "eval-motion-vos": ("eval_motion_vos", "segment moving objects from flow and score (DAVIS-2016 unsupervised)"),
+    "compare-runs": ("compare_runs", "plot the logged curves of several training runs together"),
     "demo": ("demo", "the end-to-end demo on synthetic data"),
     "build-ops": ("build_ops", "compile the CUDA correlation kernels now (else on first use)"),
 }

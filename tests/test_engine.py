@@ -554,3 +554,19 @@ def test_ddp_two_processes_match_one_process_on_the_combined_batch(tmp_path):
         grad_two = start - two[key]
         assert grad_one.abs().max() > 0 or key.endswith("bias")
         torch.testing.assert_close(grad_two, grad_one, atol=1e-5, rtol=1e-4)
+
+
+def test_records_carry_the_training_time_across_a_resume(tmp_path):
+    """``elapsed_s`` in every train and eval record, the earlier sessions' time included."""
+    first = clocked(make_trainer(tmp_path, "timed-log", stop_after=3), seconds_per_step=10.0)
+    first.evaluate, first.eval_every = (lambda step: {"score": 0.5}), 2
+    first.fit()
+    second = clocked(make_trainer(tmp_path, "timed-log", resume=True), seconds_per_step=10.0)
+    second.evaluate, second.eval_every = (lambda step: {"score": 0.5}), 2
+    second.fit(resume=True)
+    rows = [json.loads(line) for line in (second.run_dir / "log.jsonl").read_text().splitlines()]
+    train = [(r["step"], r["elapsed_s"]) for r in rows if r["kind"] == "train"]
+    assert [step for step, _ in train] == [1, 2, 3, 4, 5, 6]
+    elapsed = [seconds for _, seconds in train]
+    assert all(b > a for a, b in zip(elapsed, elapsed[1:]))  # rises through the resume
+    assert all(isinstance(r["elapsed_s"], float) for r in rows if r["kind"] == "eval")

@@ -15,6 +15,7 @@ from densessl.eval.visualize import (
     overlay_mask,
     position_colours,
     save_cis_picture,
+    save_run_comparison,
     save_training_curves,
     save_walk_picture,
 )
@@ -161,3 +162,64 @@ def test_cis_picture_shows_the_reconstruction_only_inside_the_mask(tmp_path):
     hidden = np.kron(masks[1] > 0.5, np.ones((16, 16), bool))
     assert np.array_equal(tile(1, 1)[~hidden], tile(1, 3)[~hidden])  # outside the mask: the flow
     assert not np.array_equal(tile(1, 1)[hidden], tile(1, 3)[hidden])  # inside: the reconstruction
+
+
+def run_log(folder, seconds_per_step: float, losses, scores):
+    """A run folder with a log of train records (steps 1, 2, …) and evaluations (step: score)."""
+    folder.mkdir(parents=True)
+    records = [{"step": s, "kind": "train", "time": 0.0, "loss": v, "lr": 1e-3, "elapsed_s": s * seconds_per_step}
+               for s, v in enumerate(losses, 1)]
+    records += [{"step": s, "kind": "eval", "time": 0.0, "J&F-Mean": v, "elapsed_s": s * seconds_per_step}
+                for s, v in scores.items()]
+    write_log(folder / "log.jsonl", records)
+    return folder
+
+
+def test_run_comparison_by_step_or_minutes(tmp_path, monkeypatch):
+    import densessl.eval.visualize as visualize
+
+    slow = run_log(tmp_path / "slow", 60.0, [3.0, 2.5, 2.0], {3: 0.5})
+    fast = run_log(tmp_path / "fast", 20.0, [3.0, 2.8, 2.6, 2.4, 2.2, 2.0, 1.9, 1.8, 1.7], {9: 0.6})
+    drawn = {}
+    monkeypatch.setattr(visualize, "_draw_panels", lambda runs, titles, out, x_label, title: drawn.update(
+        runs=runs, titles=titles, x_label=x_label))
+    logs = {"slow": slow / "log.jsonl", "fast": fast / "log.jsonl"}
+    assert save_run_comparison(logs, tmp_path / "c.png") == ["loss", "lr", "evaluation"]
+    assert drawn["runs"]["fast"]["loss"]["loss"][0] == [float(s) for s in range(1, 10)]
+    assert save_run_comparison(logs, tmp_path / "c.png", x="minutes", metrics=["loss", "J&F-Mean"]) == [
+        "loss", "evaluation"]
+    assert drawn["x_label"] == "training minutes"
+    assert drawn["runs"]["slow"]["evaluation"]["J&F-Mean"] == ([3.0], [0.5])  # step 3 at 60 s a step
+    assert drawn["runs"]["fast"]["evaluation"]["J&F-Mean"] == ([3.0], [0.6])  # step 9 at 20 s a step
+
+
+def test_run_comparison_errors_name_the_log(tmp_path):
+    from densessl.errors import InputError
+
+    run = run_log(tmp_path / "a", 1.0, [1.0, 0.5], {})
+    old = tmp_path / "old"
+    old.mkdir()
+    write_log(old / "log.jsonl", [{"step": 1, "kind": "train", "time": 0.0, "loss": 1.0}])  # no elapsed_s
+    with pytest.raises(InputError, match=r"old/log.jsonl: the log holds no metric records with their training"):
+        save_run_comparison({"a": run / "log.jsonl", "old": old / "log.jsonl"}, tmp_path / "c.png", x="minutes")
+    with pytest.raises(InputError, match="no run logged any of the metrics nope"):
+        save_run_comparison({"a": run / "log.jsonl"}, tmp_path / "c.png", metrics=["nope"])
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_compare_runs_tool(tmp_path, capsys):
+    from densessl.cli import main as cli
+
+    a = run_log(tmp_path / "a", 60.0, [3.0, 2.5, 2.0], {3: 0.5})
+    b = run_log(tmp_path / "b", 20.0, [3.0, 2.8, 2.6], {3: 0.6})
+    out = tmp_path / "compare.png"
+    assert cli(["compare-runs", str(a), str(b), "--x", "minutes", "--out", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    with Image.open(out) as picture:
+        assert picture.size[0] > 600
+    assert cli(["compare-runs", str(a), str(b), "--out", str(out)]) == 2  # exists
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert cli(["compare-runs", str(a), str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2
+    assert "no log.jsonl" in capsys.readouterr().err
+    assert cli(["compare-runs", str(a), str(b), "--labels", "one", "--out", str(tmp_path / "y.png")]) == 2
+    assert "1 labels for 2 runs" in capsys.readouterr().err

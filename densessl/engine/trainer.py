@@ -508,7 +508,7 @@ class Trainer:
                 restore_rng_state(rng_state)
                 self.model.train(was_training)
             if self.logger is not None:
-                self.logger.log(self.step, results, kind="eval")
+                self.logger.log(self.step, {**results, "elapsed_s": self.elapsed_s()}, kind="eval")
         barrier()
         return results
 
@@ -608,6 +608,7 @@ class Trainer:
                         raise RuntimeError(f"the loss is not finite at step {self.step}: {values['loss']}")
                     values["epoch"] = self.epoch
                     values["samples_per_s"] = window.steps * cfg.batch_size / max(elapsed, 1e-9)
+                    values["elapsed_s"] = self.elapsed_s()  # training time, earlier sessions included
                     self.logger.log(self.step, values)
                     result.train_metrics = values
                     if progress is not None:

@@ -258,17 +258,42 @@ def save_bar_chart(
     plt.close(fig)
 
 
-_NOT_CURVES = {"step", "kind", "time", "epoch"}
+_NOT_CURVES = {"step", "kind", "time", "epoch", "elapsed_s"}
+Curve = tuple[list[float], list[float]]  # (x values, metric values)
 
 
-def _curve_panels(records: Sequence[dict]) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
-    """Panel title → metric → (steps, values). Training metrics get a panel each, except the
+def read_run_log(path: str | os.PathLike) -> list[dict]:
+    """The records of a run's ``log.jsonl`` that carry a step; a line cut short by an
+    interrupted run is skipped."""
+    records = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "step" in record:
+            records.append(record)
+    return records
+
+
+def _curve_panels(records: Sequence[dict], x: str = "step") -> dict[str, dict[str, Curve]]:
+    """Panel title → metric → (x values, values). Training metrics get a panel each, except the
     per-palindrome ``<name>_k<length>`` metrics, which share one panel per name. Evaluation
     scores (metrics that stay within [-1, 1], such as J&F) share one "evaluation" panel; other
-    evaluation metrics (timings) get a panel each, titled ``eval/<name>``."""
-    panels: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
-    evaluations: dict[str, tuple[list[int], list[float]]] = {}
+    evaluation metrics (timings) get a panel each, titled ``eval/<name>``.
+
+    ``x``: ``"step"``, or ``"minutes"`` of training time (the records' ``elapsed_s``; records
+    without it are left out).
+    """
+    panels: dict[str, dict[str, Curve]] = {}
+    evaluations: dict[str, Curve] = {}
     for record in records:
+        if x == "minutes":
+            if not isinstance(record.get("elapsed_s"), (int, float)):
+                continue
+            position = float(record["elapsed_s"]) / 60
+        else:
+            position = float(record["step"])
         evaluation = record.get("kind") == "eval"
         for key, value in record.items():
             if key in _NOT_CURVES or isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -281,12 +306,55 @@ def _curve_panels(records: Sequence[dict]) -> dict[str, dict[str, tuple[list[int
                 per_length = re.fullmatch(r"(.+)_k\d+", key)
                 title = f"{per_length.group(1)}_k*" if per_length else key
                 curve = panels.setdefault(title, {}).setdefault(key, ([], []))
-            curve[0].append(int(record["step"]))
+            curve[0].append(position)
             curve[1].append(float(value))
     for key, curve in evaluations.items():
         title = "evaluation" if all(-1.0 <= v <= 1.0 for v in curve[1]) else f"eval/{key}"
         panels.setdefault(title, {})[key] = curve
     return panels
+
+
+def _panel_order(title: str) -> tuple:
+    return (title != "loss", title.startswith("eval"), title != "evaluation", title)
+
+
+def _draw_panels(
+    runs: dict[str, dict[str, dict[str, Curve]]], titles: Sequence[str], out_path: str | os.PathLike,
+    x_label: str, suptitle: str,
+) -> None:
+    """One panel per title; in each, one line per (run, metric), labelled when there are several."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(3, len(titles))
+    rows = math.ceil(len(titles) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 2.8 * rows), dpi=100, squeeze=False)
+    for ax, title in zip(axes.flat, titles):
+        lines = [(run, metric, curve) for run, panels in runs.items()
+                 for metric, curve in sorted(panels.get(title, {}).items())]
+        for run, metric, (xs, values) in lines:
+            parts = [run] if len(runs) > 1 else []
+            if len({m for _, m, _ in lines}) > 1:
+                parts.append(metric)
+            ax.plot(xs, values, marker="o" if len(xs) < 30 else None, markersize=3,
+                    label=": ".join(parts) or None)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(x_label, fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+        if len(lines) > 1:
+            ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(titles):]:
+        ax.axis("off")
+    fig.suptitle(suptitle, fontsize=11)
+    fig.tight_layout()
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(out_path).with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, out_path)
 
 
 def save_training_curves(log_path: str | os.PathLike, out_path: str | os.PathLike) -> list[str]:
@@ -296,43 +364,49 @@ def save_training_curves(log_path: str | os.PathLike, out_path: str | os.PathLik
     Returns:
         The panel titles, in the order drawn; nothing is written when the log holds no metric.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = []
-    for line in Path(log_path).read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by an interrupted run
-        if isinstance(record, dict) and "step" in record:
-            records.append(record)
-    panels = _curve_panels(records)
+    panels = _curve_panels(read_run_log(log_path))
     if not panels:
         return []
-    titles = sorted(panels, key=lambda t: (t != "loss", t.startswith("eval"), t != "evaluation", t))
-    columns = min(3, len(titles))
-    rows = math.ceil(len(titles) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 2.8 * rows), dpi=100, squeeze=False)
-    for ax, title in zip(axes.flat, titles):
-        for key, (steps, values) in sorted(panels[title].items()):
-            ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3,
-                    label=key if len(panels[title]) > 1 else None)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=8)
-        ax.grid(alpha=0.3)
-        if len(panels[title]) > 1:
-            ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(titles):]:
-        ax.axis("off")
-    fig.suptitle(Path(log_path).parent.name, fontsize=11)
-    fig.tight_layout()
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(out_path).with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, out_path)
+    titles = sorted(panels, key=_panel_order)
+    _draw_panels({"": panels}, titles, out_path, "step", Path(log_path).parent.name)
+    return titles
+
+
+def save_run_comparison(
+    logs: dict[str, str | os.PathLike], out_path: str | os.PathLike, x: str = "step",
+    metrics: Sequence[str] | None = None,
+) -> list[str]:
+    """Several runs' curves on shared panels (one line per run), against the step or the
+    training time (``x="minutes"``, for runs of equal time budgets).
+
+    Args:
+        logs: label → ``log.jsonl`` of each run.
+        metrics: only these metrics (their panels); default: every panel some run has.
+
+    Returns:
+        The panel titles, in the order drawn.
+
+    Raises:
+        InputError: a log without any record (for ``x="minutes"``: with training time), or
+            requested metrics that no run logged.
+    """
+    from densessl.errors import InputError
+
+    if x not in ("step", "minutes"):
+        raise InputError(f"x must be 'step' or 'minutes', got {x!r}")
+    runs: dict[str, dict[str, dict[str, Curve]]] = {}
+    for label, path in logs.items():
+        panels = _curve_panels(read_run_log(path), x=x)
+        if not panels:
+            what = "metric records with their training time (elapsed_s)" if x == "minutes" else "metric records"
+            raise InputError(f"the log holds no {what}", path)
+        if metrics:
+            panels = {t: {m: c for m, c in p.items() if m in metrics} for t, p in panels.items()}
+            panels = {t: p for t, p in panels.items() if p}
+        runs[label] = panels
+    titles = sorted({t for panels in runs.values() for t in panels}, key=_panel_order)
+    if not titles:
+        raise InputError(f"no run logged any of the metrics {', '.join(metrics or [])}", "--metrics")
+    _draw_panels(runs, titles, out_path, "training minutes" if x == "minutes" else "step",
+                 " vs ".join(runs))
     return titles
