@@ -885,7 +885,7 @@ def test_train_then_eval_tools_end_to_end(tmp_path):
     assert sorted(p.name for p in (run / "masks").iterdir()) == ["step_0000002.png", "step_0000004.png"]
     rows = len(DavisDataset(root, year=2017, split="train"))  # one pair per training sequence, up to 4
     with Image.open(run / "masks" / "step_0000004.png") as picture:  # 8×12 network tiles enlarged ×16
-        assert picture.size == (4 * 192, 22 + 20 + rows * 128)
+        assert picture.size == (4 * 192, 22 + 22 + rows * 128)
     model = load_motion_vos(run / "checkpoints" / "motion_vos.pt")
     assert int(model.steps_done) == 4
     last = load_motion_vos(run / "checkpoints" / "last.pt")

@@ -155,8 +155,8 @@ def test_cis_picture_shows_the_reconstruction_only_inside_the_mask(tmp_path):
     path = tmp_path / "cis.png"
     save_cis_picture(path, images, flows, masks, -flows)
     picture = np.asarray(Image.open(path).convert("RGB"))
-    assert picture.shape == (20 + 2 * 128, 4 * 192, 3)  # 8×12 tiles enlarged ×16
-    tile = lambda row, column: picture[20 + row * 128 : 20 + (row + 1) * 128, column * 192 : (column + 1) * 192]
+    assert picture.shape == (22 + 2 * 128, 4 * 192, 3)  # 8×12 tiles enlarged ×16
+    tile = lambda row, column: picture[22 + row * 128 : 22 + (row + 1) * 128, column * 192 : (column + 1) * 192]
     assert np.array_equal(tile(0, 1), tile(0, 3))  # nothing hidden: the flow itself
     assert np.array_equal(tile(0, 0), np.kron(images[0], np.ones((16, 16, 1), np.uint8)))
     hidden = np.kron(masks[1] > 0.5, np.ones((16, 16), bool))

@@ -88,6 +88,14 @@ def feature_pca_images(features: Sequence[torch.Tensor], size: tuple[int, int] |
     return pictures
 
 
+def _text_band(width: int, texts: Sequence[tuple[int, str]], font_scale: float = 0.45) -> np.ndarray:
+    """A white ``22×width×3`` band with black text, each ``(x, text)`` starting at pixel x."""
+    band = np.full((22, width, 3), 255, np.uint8)
+    for x, text in texts:
+        cv2.putText(band, text, (x + 4, 16), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return band
+
+
 def position_colours(centres: np.ndarray, size: int) -> np.ndarray:
     """N×3 uint8 RGB colours of points N×2 (x, y) in a ``size``-pixel square: hue runs with x,
     brightness falls with y, so neighbours get similar colours and far points different ones."""
@@ -135,9 +143,7 @@ def save_walk_picture(
             else:
                 cv2.circle(dots, centre, radius, tuple(int(c) for c in colour), -1)
         image = cv2.addWeighted(dots, 0.8, image, 0.2, 0)
-        header = np.full((22, image.shape[1], 3), 255, np.uint8)
-        cv2.putText(header, label, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-        return np.concatenate([header, image], axis=0)
+        return np.concatenate([_text_band(image.shape[1], [(0, label)]), image], axis=0)
 
     last = len(frames) - 1
     none = np.zeros(len(colours), bool)
@@ -149,9 +155,7 @@ def save_walk_picture(
     gap = np.full((tiles[0].shape[0], 6, 3), 255, np.uint8)
     strip = np.concatenate([tiles[0], gap, tiles[1], gap, tiles[2]], axis=1)
     if title:
-        band = np.full((24, strip.shape[1], 3), 255, np.uint8)
-        cv2.putText(band, title, (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-        strip = np.concatenate([band, strip], axis=0)
+        strip = np.concatenate([_text_band(strip.shape[1], [(0, title)], font_scale=0.5), strip], axis=0)
     save_strip(path, [strip], max_width=strip.shape[1])
 
 
@@ -190,15 +194,10 @@ def save_cis_picture(
         tiles = [image, flow_to_color(flow.astype(np.float32), largest), np.repeat(grey[..., None], 3, axis=-1),
                  flow_to_color(composite, largest)]
         rows.append(np.concatenate([enlarge(t) for t in tiles], axis=1))
-    header = np.full((20, rows[0].shape[1], 3), 255, np.uint8)
-    for column, label in enumerate(labels):
-        cv2.putText(header, label, (column * width * scale + 4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1,
-                    cv2.LINE_AA)
+    header = _text_band(rows[0].shape[1], [(column * width * scale, label) for column, label in enumerate(labels)])
     picture = np.concatenate([header, *rows], axis=0)
     if title:
-        band = np.full((22, picture.shape[1], 3), 255, np.uint8)
-        cv2.putText(band, title, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-        picture = np.concatenate([band, picture], axis=0)
+        picture = np.concatenate([_text_band(picture.shape[1], [(0, title)], font_scale=0.5), picture], axis=0)
     save_strip(path, [picture], max_width=picture.shape[1])
 
 
