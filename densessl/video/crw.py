@@ -13,6 +13,9 @@ Three ways to make nodes (``mode``):
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +24,7 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from densessl.augment.crw import CRWAugment, CRWViews
-from densessl.losses.random_walk import RandomWalkLoss, transition_matrices
+from densessl.losses.random_walk import RandomWalkLoss, palindrome_products, transition_matrices
 
 MODES = ("patch", "dense", "roi")
 
@@ -146,6 +149,21 @@ class CRWTrainModel(nn.Module):
         return self.model.loss(nodes)
 
 
+@contextlib.contextmanager
+def _seeded_eval(model: nn.Module, device: torch.device, seed: int) -> Iterator[None]:
+    """Eval mode with the global RNGs (CUDA's on ``device`` too) seeded with ``seed``; the
+    model's mode and the RNG states are restored afterwards."""
+    was_training = model.training
+    model.eval()
+    devices = [device.index or 0] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def walk_metrics(model: CRWTrainModel, clips: Tensor, seed: int = 0, batch_size: int = 8) -> dict[str, float]:
     """Walk loss and cycle accuracy of held-out clips, in eval mode (no edge dropout).
@@ -159,20 +177,13 @@ def walk_metrics(model: CRWTrainModel, clips: Tensor, seed: int = 0, batch_size:
     Returns:
         ``{"loss": ..., "cycle_acc": ...}`` averaged over the clips.
     """
-    was_training = model.training
-    model.eval()
-    devices = [clips.device.index or 0] if clips.device.type == "cuda" else []
     totals = {"loss": 0.0, "cycle_acc": 0.0}
-    try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            for start in range(0, len(clips), batch_size):
-                batch = clips[start : start + batch_size]
-                _, metrics = model(batch)
-                for key in totals:
-                    totals[key] += float(metrics[key]) * len(batch)
-    finally:
-        model.train(was_training)
+    with _seeded_eval(model, clips.device, seed):
+        for start in range(0, len(clips), batch_size):
+            batch = clips[start : start + batch_size]
+            _, metrics = model(batch)
+            for key in totals:
+                totals[key] += float(metrics[key]) * len(batch)
     return {key: value / len(clips) for key, value in totals.items()}
 
 
@@ -205,12 +216,9 @@ def walk_assignments(nodes: Tensor, temperature: float) -> tuple[Tensor, Tensor]
         argmax of the longest palindrome's return distribution is the start).
     """
     forward, backward = transition_matrices(nodes[None].float(), temperature)
-    walk = forward[0]
-    for step in forward[1:]:
-        walk = walk @ step
-    cycle = walk
-    for step in reversed(backward):
-        cycle = cycle @ step
+    walk = functools.reduce(torch.matmul, forward)  # F_0 … F_{T−2}
+    longest = len(forward)
+    cycle = palindrome_products(forward, backward, min_cycle=longest)[longest]  # the loss's definition
     source_of_last = walk[0].argmax(dim=0)
     returns_home = cycle[0].argmax(dim=-1) == torch.arange(nodes.shape[1], device=nodes.device)
     return source_of_last, returns_home
@@ -233,17 +241,10 @@ def _node_centres(model: CRW, views: CRWViews) -> Tensor:
 def walk_view(model: CRWTrainModel, clip: Tensor, seed: int = 0) -> WalkView:
     """The walk on one clip (uint8 T×H×W×3 or T×3×H×W, on the model's device), in eval mode,
     with augmentation drawn from ``seed`` (the global RNG states are left as they were)."""
-    was_training = model.training
-    model.eval()
-    devices = [clip.device.index or 0] if clip.device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            views = model.augment(clip[None])
-            nodes = model.model.nodes(views, model.augment.patch_size)[0]
-            source_of_last, returns_home = walk_assignments(nodes, model.model.walk.temperature)
-            centres = _node_centres(model.model, views)
-    finally:
-        model.train(was_training)
+    with _seeded_eval(model, clip.device, seed):
+        views = model.augment(clip[None])
+        nodes = model.model.nodes(views, model.augment.patch_size)[0]
+        source_of_last, returns_home = walk_assignments(nodes, model.model.walk.temperature)
+        centres = _node_centres(model.model, views)
     frames = (views.frames[0].float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
     return WalkView(frames.cpu(), centres.float().cpu(), source_of_last.cpu(), returns_home.cpu())
