@@ -153,10 +153,7 @@ def save_walk_picture(
         panel(frames[0], centres[0], colours, ~returns_home, f"round trip home: {returns_home.mean():.2f}"),
     ]
     gap = np.full((tiles[0].shape[0], 6, 3), 255, np.uint8)
-    strip = np.concatenate([tiles[0], gap, tiles[1], gap, tiles[2]], axis=1)
-    if title:
-        strip = np.concatenate([_text_band(strip.shape[1], [(0, title)], font_scale=0.5), strip], axis=0)
-    save_strip(path, [strip], max_width=strip.shape[1])
+    save_strip(path, [tiles[0], gap, tiles[1], gap, tiles[2]], max_width=None, title=title)
 
 
 def save_cis_picture(
@@ -195,16 +192,18 @@ def save_cis_picture(
                  flow_to_color(composite, largest)]
         rows.append(np.concatenate([enlarge(t) for t in tiles], axis=1))
     header = _text_band(rows[0].shape[1], [(column * width * scale, label) for column, label in enumerate(labels)])
-    picture = np.concatenate([header, *rows], axis=0)
-    if title:
-        picture = np.concatenate([_text_band(picture.shape[1], [(0, title)], font_scale=0.5), picture], axis=0)
-    save_strip(path, [picture], max_width=picture.shape[1])
+    save_strip(path, [np.concatenate([header, *rows], axis=0)], max_width=None, title=title)
 
 
-def save_strip(path: str | os.PathLike, tiles: Sequence[np.ndarray], max_width: int = 1600) -> None:
-    """Save ``H×W×3`` uint8 RGB tiles side by side as one PNG, scaled down to ``max_width``."""
+def save_strip(
+    path: str | os.PathLike, tiles: Sequence[np.ndarray], max_width: int | None = 1600, title: str = "",
+) -> None:
+    """Save ``H×W×3`` uint8 RGB tiles side by side as one PNG, scaled down to ``max_width``
+    (``None``: never), under a band with ``title`` when one is given."""
     strip = np.concatenate(list(tiles), axis=1)
-    if strip.shape[1] > max_width:
+    if title:
+        strip = np.concatenate([_text_band(strip.shape[1], [(0, title)], font_scale=0.5), strip], axis=0)
+    if max_width is not None and strip.shape[1] > max_width:
         scale = max_width / strip.shape[1]
         strip = cv2.resize(strip, (max_width, max(1, round(strip.shape[0] * scale))),
                            interpolation=cv2.INTER_AREA)

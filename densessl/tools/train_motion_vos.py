@@ -169,13 +169,14 @@ def make_drawer(cfg: MotionVOSConfig, dataset, model, device: torch.device, run_
         from densessl.video.motion_vos import cis_view
 
         if not inputs:
-            with_pairs = [i for i, count in enumerate(dataset.clip_counts()) if count > 0]
+            counts = dataset.clip_counts()
+            with_pairs = [i for i, count in enumerate(counts) if count > 0]
             spread = np.linspace(0, len(with_pairs) - 1, min(pairs, len(with_pairs)))
             chosen = sorted({with_pairs[round(k)] for k in spread})
             size = tuple(cfg.augment.size)
             images, flows = [], []
             for index in chosen:
-                image, flow, _ = dataset.load(index, dataset.clip_counts()[index] // 2)
+                image, flow, _ = dataset.load(index, counts[index] // 2)
                 images.append(torch.from_numpy(resize_image(image, size)).permute(2, 0, 1).float() / 255)
                 flows.append(torch.from_numpy(resize_flow(flow, size)).permute(2, 0, 1))
             inputs.extend([torch.stack(images).to(device), torch.stack(flows).to(device)])
