@@ -11,6 +11,7 @@ from PIL import Image
 
 from densessl.eval.visualize import (
     _curve_panels,
+    evenly_spaced,
     feature_pca_images,
     overlay_mask,
     position_colours,
@@ -223,3 +224,14 @@ def test_compare_runs_tool(tmp_path, capsys):
     assert "no log.jsonl" in capsys.readouterr().err
     assert cli(["compare-runs", str(a), str(b), "--labels", "one", "--out", str(tmp_path / "y.png")]) == 2
     assert "1 labels for 2 runs" in capsys.readouterr().err
+
+
+def test_evenly_spaced_indices():
+    assert evenly_spaced(40, 5) == [0, 10, 20, 29, 39]  # round(9.75) = 10, round(29.25) = 29
+    assert evenly_spaced(3, 5) == [0, 1, 2]  # fewer frames than asked: each once
+    assert evenly_spaced(1, 4) == [0]
+    assert evenly_spaced(10, 1) == [0]
+    for length in range(1, 30):
+        for count in range(2, 8):
+            picks = evenly_spaced(length, count)
+            assert picks[0] == 0 and picks[-1] == length - 1 and len(picks) == min(length, count)

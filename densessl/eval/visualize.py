@@ -37,6 +37,12 @@ def overlay_mask(frame: np.ndarray, ids: np.ndarray, alpha: float = 0.5) -> np.n
     return out.clip(0, 255).astype(np.uint8)
 
 
+def evenly_spaced(length: int, count: int) -> list[int]:
+    """Up to ``count`` distinct indices into ``range(length)`` spread evenly from the first to the
+    last (the frames of a picture strip)."""
+    return sorted({int(i) for i in np.linspace(0, length - 1, num=min(count, length)).round()})
+
+
 def save_overlay_strip(
     path: str | os.PathLike,
     frames: Sequence[np.ndarray],

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         from densessl.eval.davis_metrics import DavisScores
-        from densessl.eval.visualize import save_overlay_strip
+        from densessl.eval.visualize import evenly_spaced, save_overlay_strip
         from densessl.video.davis_propagation import resolve_device
         from densessl.video.motion_vos_eval import (
             MotionPredictConfig, baseline_predictor, evaluate_predictor, load_motion_vos, model_predictor,
@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         def on_sequence(sequence, probs: np.ndarray) -> None:
             masks = probs > config.threshold
             _write_masks(out / "raw", sequence, masks)
-            picks = np.unique(np.linspace(0, sequence.num_frames - 1, args.overlays).round().astype(int))
             if args.overlays > 0:
+                picks = evenly_spaced(sequence.num_frames, args.overlays)
                 save_overlay_strip(out / "overlays" / f"{sequence.name}.png", [sequence.frame(i) for i in picks],
                                    [masks[i].astype(np.uint8) for i in picks])
             refined_probs = {}

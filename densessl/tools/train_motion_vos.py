@@ -16,7 +16,6 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from densessl.datasets.motion_pairs import PairAugmentConfig
@@ -165,14 +164,13 @@ def make_drawer(cfg: MotionVOSConfig, dataset, model, device: torch.device, run_
 
     def draw(step: int) -> None:
         from densessl.datasets.motion_pairs import resize_flow, resize_image
-        from densessl.eval.visualize import save_cis_picture
+        from densessl.eval.visualize import evenly_spaced, save_cis_picture
         from densessl.video.motion_vos import cis_view
 
         if not inputs:
             counts = dataset.clip_counts()
             with_pairs = [i for i, count in enumerate(counts) if count > 0]
-            spread = np.linspace(0, len(with_pairs) - 1, min(pairs, len(with_pairs)))
-            chosen = sorted({with_pairs[round(k)] for k in spread})
+            chosen = [with_pairs[k] for k in evenly_spaced(len(with_pairs), pairs)]
             size = tuple(cfg.augment.size)
             images, flows = [], []
             for index in chosen:

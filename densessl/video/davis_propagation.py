@@ -25,7 +25,13 @@ from tqdm.auto import tqdm
 from densessl.datasets.davis import DavisDataset, DavisSequence
 from densessl.datasets.palette import write_indexed_png
 from densessl.errors import InputError
-from densessl.eval.visualize import OverlayVideoWriter, feature_pca_images, save_overlay_strip, save_strip
+from densessl.eval.visualize import (
+    OverlayVideoWriter,
+    evenly_spaced,
+    feature_pca_images,
+    save_overlay_strip,
+    save_strip,
+)
 from densessl.video.propagation import (
     PropagationConfig,
     make_config,
@@ -174,7 +180,7 @@ def propagate_sequence(
         if sequence_out is not None:
             writes.append(pool.submit(write_indexed_png, sequence_out / f"{names[index]}.png", ids))
 
-    strip_frames = _strip_frames(num_frames) if overlay_dir is not None else []
+    strip_frames = evenly_spaced(num_frames, 5) if overlay_dir is not None else []
     strip_features: dict[int, Tensor] = {}  # the strip's frames' features, for their picture
 
     def release(index: int) -> None:
@@ -191,11 +197,6 @@ def propagate_sequence(
     if own_pool:
         pool.shutdown()
     return SequenceResult(sequence.name, masks, time.perf_counter() - start_time)
-
-
-def _strip_frames(num_frames: int, count: int = 5) -> list[int]:
-    """Indices of up to ``count`` frames spread evenly from the first to the last."""
-    return sorted({int(i) for i in np.linspace(0, num_frames - 1, num=min(count, num_frames)).round()})
 
 
 def _write_overlays(
