@@ -4,6 +4,7 @@ CUDA kernel emulated on the CPU, the propagation's use of it, and the kernel on 
 from __future__ import annotations
 
 import subprocess
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import build_kernel_emulator, built_extension
+from densessl.ops import _jit
 from densessl.ops import context_topk as ctk
 from densessl.ops.context_topk import ContextSlot, context_topk_reference
 from densessl.video import propagation
@@ -130,11 +132,14 @@ def test_kernel_emulated_on_cpu_matches_a_direct_search(emulator, dtype):
 # ------------------------------------------------------- propagation through the fused path
 
 
-def _reference_extension():
-    """Stands in for the compiled module on the CPU, with the kernel's calling convention."""
+def _reference_extension(fp32_scores: bool = False):
+    """Stands in for the compiled module on the CPU, with the kernel's calling convention
+    (``fp32_scores``: 16-bit inputs scored in float32, as the kernel does)."""
 
     def context_topk(queries, keys, frame, flags, height, width, k, radius, square, reach, splits):
         slots = [ContextSlot(int(f), bool(g & 1), int(g >> 1)) for f, g in zip(frame, flags)]
+        if fp32_scores:
+            queries, keys = queries.float(), keys.float()
         values, candidates = context_topk_reference(
             queries, keys, slots, height, width, k, radius, "square" if square else "euclidean")
         # the kernel's partial lists: the answer in one split, nothing in the others
@@ -144,6 +149,40 @@ def _reference_extension():
         return partial_values, partial_candidates.int()
 
     return SimpleNamespace(context_topk=context_topk)
+
+
+def _broken_extension(score_error: float = 0.0, shift_candidates: bool = False):
+    extension = _reference_extension(fp32_scores=True)
+    original = extension.context_topk
+
+    def context_topk(*args):
+        values, candidates = original(*args)
+        values[-1, 5, 0] += score_error
+        if shift_candidates:  # a neighbouring key's index for the best candidate
+            candidates[-1, :, 0] = torch.where(candidates[-1, :, 0] > 0, candidates[-1, :, 0] - 1, 1)
+        return values, candidates
+
+    return SimpleNamespace(context_topk=context_topk)
+
+
+@pytest.mark.parametrize("broken,message", [
+    (dict(score_error=1e-3), "scores, torch.float32"),
+    (dict(shift_candidates=True), "candidates' scores"),
+])
+def test_first_use_check_accepts_the_reference_and_catches_wrong_kernels(broken, message):
+    name = "densessl_test_checked_context_topk"
+    cpu = torch.device("cpu")
+    _jit.forget(name)
+    try:
+        good = _reference_extension(fp32_scores=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert _jit.checked_on(name, good, cpu, ctk._self_check) is good
+        _jit.forget(name)
+        with pytest.warns(_jit.ExtensionSelfCheckWarning, match=message):
+            assert _jit.checked_on(name, _broken_extension(**broken), cpu, ctk._self_check) is None
+    finally:
+        _jit.forget(name)
 
 
 def _features(frames: int, channels: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -216,6 +255,16 @@ def test_cuda_kernel_matches_the_reference(case, dtype):
         rescored = (keys.float()[frame_of[candidates.clamp_min(0) // n], candidates.clamp_min(0) % n]
                     * queries.float()[:, None]).sum(-1)
         assert torch.allclose(rescored[ok], values[ok], atol=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+def test_cuda_kernel_passes_its_first_use_check():
+    extension = built_extension(ctk)
+    _jit.forget(ctk.EXTENSION_NAME)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ctk.usable_extension(torch.device("cuda")) is extension
 
 
 @pytest.mark.cuda

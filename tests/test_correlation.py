@@ -8,6 +8,7 @@ import stat
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -286,6 +287,63 @@ def test_extension_can_be_disabled(monkeypatch):
         assert corr.load_extension() is None
 
 
+def _reference_kernels(forward_error: float = 0.0, swap_grads: bool = False):
+    """Stands in for the compiled module on the CPU: the reference with the kernels' calling
+    convention, optionally made wrong."""
+
+    def config(args):
+        return CorrelationConfig(*(tuple(args[i:i + 2]) for i in range(0, 12, 2)))
+
+    def forward(a, b, *args):
+        out = corr._reference_forward(a, b, config(args))
+        out.view(-1)[7] += forward_error
+        return out
+
+    def backward(grad, a, b, *args):
+        grad1, grad2 = corr._reference_backward(grad, a, b, config(args[:12]), *args[12:])
+        return (grad2, grad1) if swap_grads else (grad1, grad2)
+
+    return SimpleNamespace(forward=forward, backward=backward)
+
+
+@pytest.mark.parametrize("broken,message", [
+    (dict(forward_error=1e-2), "forward, torch.float32"),
+    (dict(swap_grads=True), "grad of input1"),
+])
+def test_first_use_check_accepts_the_reference_and_catches_wrong_kernels(broken, message):
+    name = "densessl_test_checked_correlation"
+    cpu = torch.device("cpu")
+    _jit.forget(name)
+    try:
+        good = _reference_kernels()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert _jit.checked_on(name, good, cpu, corr._self_check) is good
+        _jit.forget(name)
+        with pytest.warns(_jit.ExtensionSelfCheckWarning, match=message):
+            assert _jit.checked_on(name, _reference_kernels(**broken), cpu, corr._self_check) is None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # remembered per device: no second check, no warning
+            assert _jit.checked_on(name, good, cpu, corr._self_check) is None
+    finally:
+        _jit.forget(name)
+
+
+def test_a_kernel_that_cannot_launch_falls_back_with_its_error():
+    name = "densessl_test_unlaunchable_correlation"
+
+    def no_image(*args):
+        raise RuntimeError("CUDA error: no kernel image is available for execution on the device")
+
+    _jit.forget(name)
+    try:
+        with pytest.warns(_jit.ExtensionSelfCheckWarning, match="no kernel image"):
+            assert _jit.checked_on(name, SimpleNamespace(forward=no_image), torch.device("cpu"),
+                                   corr._self_check) is None
+    finally:
+        _jit.forget(name)
+
+
 def test_find_cuda_home_follows_wrapper_scripts(tmp_path, monkeypatch):
     real = tmp_path / "toolkit"
     (real / "bin").mkdir(parents=True)
@@ -424,6 +482,16 @@ def test_cuda_kernels_match_reference(cfg, dtype):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+def test_cuda_kernels_pass_their_first_use_check():
+    ext = _ext()
+    _jit.forget(corr.EXTENSION_NAME)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert corr.usable_extension(torch.device("cuda")) is ext
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 def test_cuda_benchmark_shapes_and_dispatch():
     _ext()
     g = torch.Generator(device="cuda").manual_seed(1)
@@ -530,3 +598,17 @@ def test_benchmark_unfold_baseline_matches_reference(monkeypatch):
 def test_csrc_ships_next_to_the_module():
     for name in (*corr.EXTENSION_SOURCES, *corr.EXTENSION_HEADERS):
         assert (Path(corr.__file__).parent / "csrc" / name).is_file()
+
+
+def test_build_ops_reports_the_first_use_check(monkeypatch, capsys):
+    from densessl.tools import build_ops
+
+    monkeypatch.setattr(_jit, "build_op", lambda name, *a, **k: SimpleNamespace(__file__=f"/x/{name}.so"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(corr, "usable_extension", lambda device: object())
+    monkeypatch.setattr(ctk, "usable_extension", lambda device: None)
+    assert build_ops.main([]) == 1
+    out, err = capsys.readouterr()
+    assert f"checked {corr.EXTENSION_NAME} against the reference on cuda:0: equal" in out
+    assert f"{ctk.EXTENSION_NAME} failed its check" in err

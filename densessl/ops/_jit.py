@@ -7,7 +7,9 @@ the tag hashes the sources, the PyTorch/CUDA versions and the target architectur
 source or a different GPU gets a fresh build while an unchanged one is loaded in a second.
 
 When a build fails, :func:`load_extension` warns once and returns None; callers then use their
-pure-PyTorch reference.
+pure-PyTorch reference. A built op is also checked against that reference on a tiny problem the
+first time it runs on each device (:func:`checked_on`): a kernel built for another architecture,
+or one that computes wrong results on that GPU, is caught there, before it touches real data.
 """
 
 from __future__ import annotations
@@ -21,16 +23,26 @@ import threading
 import warnings
 from pathlib import Path
 from types import ModuleType
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
+from torch import Tensor
 
 _LOCK = threading.Lock()
 _LOADED: dict[str, ModuleType | None] = {}
+_CHECK_LOCK = threading.Lock()
+_CHECKED: dict[tuple[str, str], bool] = {}
+
+SelfCheck = Callable[[ModuleType, torch.device], None]
+"""``check(module, device)``: compares the op with its reference on ``device``; raises if they differ."""
 
 
 class ExtensionBuildWarning(RuntimeWarning):
     """A compiled op could not be built; the PyTorch reference is used instead."""
+
+
+class ExtensionSelfCheckWarning(RuntimeWarning):
+    """A compiled op failed its first-use check on a device; the PyTorch reference is used there."""
 
 
 def cache_root() -> Path:
@@ -210,13 +222,62 @@ def load_extension(
         return module
 
 
+def checked_on(name: str, module: ModuleType, device: torch.device, check: SelfCheck) -> ModuleType | None:
+    """``module`` if ``check(module, device)`` passes, else None after one
+    :class:`ExtensionSelfCheckWarning`.
+
+    The check runs once per process, op and device, and its outcome is remembered. Anything it
+    raises counts as a failure: a mismatch (``AssertionError`` saying what differs) or the
+    kernel's own error, such as "no kernel image is available" for a build of the wrong
+    architecture.
+    """
+    key = (name, str(device))
+    with _CHECK_LOCK:
+        if key not in _CHECKED:
+            try:
+                with torch.no_grad(), torch.autocast(device.type, enabled=False):
+                    check(module, device)
+                _CHECKED[key] = True
+            except Exception as error:  # noqa: BLE001 - any failure means "use the reference"
+                _CHECKED[key] = False
+                warnings.warn(
+                    f"the compiled op '{name}' failed its check against the PyTorch reference on "
+                    f"{device} ({type(error).__name__}: {short_reason(error)}); using the "
+                    "reference there instead. Please report this with `python tools/build_ops.py "
+                    "--verbose` output.",
+                    ExtensionSelfCheckWarning,
+                    stacklevel=3,
+                )
+        return module if _CHECKED[key] else None
+
+
+def assert_close(got: Tensor, want: Tensor, rtol: float, what: str) -> None:
+    """Raise ``AssertionError`` naming ``what`` unless ``|got − want| ≤ rtol · max(1, max|want|)``
+    everywhere (non-finite entries must match exactly)."""
+    got, want = got.detach().double().cpu(), want.detach().double().cpu()
+    if got.shape != want.shape:
+        raise AssertionError(f"{what}: shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+    finite = torch.isfinite(want)
+    if not torch.equal(torch.isfinite(got), finite) or not torch.equal(got[~finite], want[~finite]):
+        raise AssertionError(f"{what}: non-finite entries differ")
+    if finite.any():
+        error = (got[finite] - want[finite]).abs().max().item()
+        scale = max(1.0, want[finite].abs().max().item())
+        if error > rtol * scale:
+            raise AssertionError(f"{what}: max abs error {error:.3g} (allowed {rtol * scale:.3g})")
+
+
 def forget(name: str | None = None) -> None:
-    """Drop the remembered outcome of ``name`` (all when None), so the next load tries again."""
-    with _LOCK:
+    """Drop the remembered build and check outcomes of ``name`` (all when None), so the next
+    load builds and checks again."""
+    with _LOCK, _CHECK_LOCK:
         if name is None:
             _LOADED.clear()
+            _CHECKED.clear()
         else:
             _LOADED.pop(name, None)
+            for key in [key for key in _CHECKED if key[0] == name]:
+                del _CHECKED[key]
 
 
 def build_op(name: str, csrc: Path, sources: Sequence[str], headers: Sequence[str] = (), *,

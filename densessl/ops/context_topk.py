@@ -57,6 +57,44 @@ def load_extension() -> ModuleType | None:
     return _jit.load_op(EXTENSION_NAME, CSRC, EXTENSION_SOURCES, EXTENSION_HEADERS)
 
 
+def usable_extension(device: torch.device) -> ModuleType | None:
+    """:func:`load_extension`, once it has passed its first-use check on ``device`` (else None,
+    after one warning)."""
+    ext = load_extension()
+    return None if ext is None else _jit.checked_on(EXTENSION_NAME, ext, device, _self_check)
+
+
+def _self_check(ext: ModuleType, device: torch.device) -> None:
+    """The kernel against :func:`context_topk_reference` on a small context, in each dtype, both
+    window shapes, one and several splits: the scores rank by rank, and each candidate's score
+    recomputed from its key."""
+    height, width, channels, k = 7, 9, 12, 6
+    n = height * width
+    slots = [ContextSlot(0, False), ContextSlot(0, True, 3), ContextSlot(1, True)]
+    gen = torch.Generator().manual_seed(0)
+    queries = torch.randn(n, channels, generator=gen)
+    keys = torch.randn(2, n, channels, generator=gen)
+    slot_frame = torch.tensor([slot.frame for slot in slots])
+    for dtype, rtol in ((torch.float32, 1e-5), (torch.float16, 1e-3), (torch.bfloat16, 1e-3)):
+        q, kk = queries.to(device=device, dtype=dtype), keys.to(device=device, dtype=dtype)
+        q32, k32 = q.float().cpu(), kk.float().cpu()
+        for shape, radius in (("euclidean", 2.5), ("square", 2.0)):
+            want, _ = context_topk_reference(q32, k32, slots, height, width, k, radius, shape)
+            for splits in (1, 3):
+                where = f"{dtype}, {shape} window, {splits} split(s)"
+                values, candidates = context_topk_cuda(q, kk, slots, height, width, k, radius, shape,
+                                                       splits=splits, extension=ext)
+                _jit.assert_close(values, want, rtol, f"scores, {where}")
+                candidates = candidates.cpu()
+                found = candidates >= 0
+                if not torch.equal(found, torch.isfinite(want)):
+                    raise AssertionError(f"candidates: empty entries misplaced, {where}")
+                safe = candidates.clamp_min(0)
+                rescored = (q32[:, None, :] * k32[slot_frame[safe // n], safe % n]).sum(-1)
+                _jit.assert_close(torch.where(found, rescored, want), want, rtol,
+                                  f"candidates' scores, {where}")
+
+
 def _check(queries: Tensor, keys: Tensor, slots: Sequence[ContextSlot], height: int,
            width: int, k: int) -> None:
     n = height * width

@@ -18,7 +18,8 @@ even patches differently when ``dilation_patch > 1`` (an inconsistency of the pa
 Two implementations share this definition:
 
 * CUDA kernels (``densessl/ops/csrc``), compiled on first use and cached; fp32/fp16/bf16 inputs,
-  fp32 accumulation.
+  fp32 accumulation. On first use on a device they are compared with the reference on small
+  inputs; if they disagree (or fail to launch) the reference is used there, with one warning.
 * A pure-PyTorch reference that loops over displacements (each one a shifted elementwise product
   summed over channels), so it never holds more than one ``B×C×oH×oW`` product at a time. It runs
   on the CPU, and on the GPU whenever the extension cannot be built.
@@ -283,6 +284,38 @@ def load_extension() -> ModuleType | None:
     return _jit.load_op(EXTENSION_NAME, CSRC, EXTENSION_SOURCES, EXTENSION_HEADERS)
 
 
+_SELF_CHECK_CONFIGS = (
+    CorrelationConfig.make(patch_size=5, dilation_patch=2),
+    CorrelationConfig.make(kernel_size=3, patch_size=4, stride=2, padding=1, dilation=2),
+)
+_SELF_CHECK_RTOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 4e-2}
+
+
+def _self_check(ext: ModuleType, device: torch.device) -> None:
+    """Forward and backward of ``ext`` against the reference on small inputs, in each dtype."""
+    gen = torch.Generator().manual_seed(0)
+    for cfg in _SELF_CHECK_CONFIGS:
+        shape = (2, 6, 9, 13)
+        a, b = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+        grad = torch.randn(2, *cfg.patch_size, *cfg.output_size(*shape[2:]), generator=gen)
+        for dtype, rtol in _SELF_CHECK_RTOL.items():
+            x1, x2, g = (t.to(device=device, dtype=dtype) for t in (a, b, grad))
+            where = f"{dtype} {cfg}"
+            _jit.assert_close(ext.forward(x1, x2, *cfg.extension_args()),
+                              _reference_forward(x1, x2, cfg), rtol, f"forward, {where}")
+            got = ext.backward(g, x1, x2, *cfg.extension_args(), True, True)
+            want = _reference_backward(g, x1, x2, cfg)
+            for index in range(2):
+                _jit.assert_close(got[index], want[index], rtol, f"grad of input{index + 1}, {where}")
+
+
+def usable_extension(device: torch.device) -> ModuleType | None:
+    """:func:`load_extension`, once it has passed its first-use check on ``device`` (else None,
+    after one warning)."""
+    ext = load_extension()
+    return None if ext is None else _jit.checked_on(EXTENSION_NAME, ext, device, _self_check)
+
+
 def _cuda_supported(cfg: CorrelationConfig) -> bool:
     (ph, pw), (dph, dpw) = cfg.patch_size, cfg.dilation_patch
     return (
@@ -357,7 +390,7 @@ def correlation_cuda(
             f"the kernels support (patch_size - 1) * dilation_patch <= {MAX_CUDA_PATCH_SPAN} "
             f"and stride <= {MAX_CUDA_STRIDE}"
         )
-    ext = load_extension()
+    ext = usable_extension(input1.device)
     if ext is None:
         raise RuntimeError("the CUDA correlation extension is not available (see the warning)")
     cfg.output_size(input1.shape[2], input1.shape[3])
@@ -384,14 +417,14 @@ def spatial_correlation_sample(
     Returns:
         ``B×PH×PW×oH×oW`` in the input dtype; not normalised by ``C``.
 
-    CUDA tensors use the compiled kernels when they build (fp32 accumulation), else the
-    reference; CPU tensors always use the reference.
+    CUDA tensors use the compiled kernels when they build and pass their first-use check on
+    the device (fp32 accumulation), else the reference; CPU tensors always use the reference.
     """
     cfg = CorrelationConfig.make(kernel_size, patch_size, stride, padding, dilation, dilation_patch)
     _check_inputs(input1, input2)
     cfg.output_size(input1.shape[2], input1.shape[3])
     if input1.is_cuda and _cuda_supported(cfg):
-        ext = load_extension()
+        ext = usable_extension(input1.device)
         if ext is not None:
             return _CudaCorrelation.apply(input1, input2, cfg, ext)
     return _ReferenceCorrelation.apply(input1, input2, cfg)

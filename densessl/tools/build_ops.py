@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.cache_dir is not None:
             os.environ["TORCH_EXTENSIONS_DIR"] = os.path.abspath(args.cache_dir)
 
+        import torch
+
         from densessl.ops import _jit, context_topk, correlation
 
         print(f"CUDA toolkit: {_jit.find_cuda_home() or 'not found'}")
@@ -57,6 +59,14 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"built {op.EXTENSION_NAME} in {time.perf_counter() - start:.1f} s: "
                   f"{module.__file__}")
+            if torch.cuda.is_available():
+                device = torch.device("cuda", torch.cuda.current_device())
+                if op.usable_extension(device) is None:
+                    print(f"error: {op.EXTENSION_NAME} failed its check against the reference on "
+                          f"{device} (see the warning)", file=sys.stderr)
+                    status = 1
+                else:
+                    print(f"checked {op.EXTENSION_NAME} against the reference on {device}: equal")
         return status
 
     return run_main(body)

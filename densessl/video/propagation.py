@@ -149,7 +149,7 @@ def _fused_extension(config: PropagationConfig, device: torch.device, pool: int)
         return None
     from densessl.ops import context_topk
 
-    return context_topk.load_extension() if pool <= context_topk.MAX_K else None
+    return context_topk.usable_extension(device) if pool <= context_topk.MAX_K else None
 
 
 class _ContextTopK:
