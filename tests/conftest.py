@@ -225,3 +225,29 @@ def make_motion_set(root: Path, flows: Path, num_sequences: int = 4, num_frames:
                              num_val=num_sequences // 2 if num_val is None else num_val, write_video=False,
                              write_flow=False, workers=1, **scene)
     return write_synthetic_davis(root, config, progress=False, flow_root=flows)
+
+
+def check_first_use_check(name: str, good, broken, check, message: str) -> None:
+    """``_jit.checked_on`` with ``check`` on the CPU: ``good`` (the reference with a kernel's
+    calling convention) passes without a warning, ``broken`` fails with one matching ``message``,
+    and the failure is remembered for the device (no second check, no second warning)."""
+    import warnings
+
+    import torch
+
+    from densessl.ops import _jit
+
+    cpu = torch.device("cpu")
+    _jit.forget(name)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert _jit.checked_on(name, good, cpu, check) is good
+        _jit.forget(name)
+        with pytest.warns(_jit.ExtensionSelfCheckWarning, match=message):
+            assert _jit.checked_on(name, broken, cpu, check) is None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert _jit.checked_on(name, good, cpu, check) is None
+    finally:
+        _jit.forget(name)

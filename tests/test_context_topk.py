@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import build_kernel_emulator, built_extension
+from conftest import build_kernel_emulator, built_extension, check_first_use_check
 from densessl.ops import _jit
 from densessl.ops import context_topk as ctk
 from densessl.ops.context_topk import ContextSlot, context_topk_reference
@@ -170,19 +170,8 @@ def _broken_extension(score_error: float = 0.0, shift_candidates: bool = False):
     (dict(shift_candidates=True), "candidates' scores"),
 ])
 def test_first_use_check_accepts_the_reference_and_catches_wrong_kernels(broken, message):
-    name = "densessl_test_checked_context_topk"
-    cpu = torch.device("cpu")
-    _jit.forget(name)
-    try:
-        good = _reference_extension(fp32_scores=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            assert _jit.checked_on(name, good, cpu, ctk._self_check) is good
-        _jit.forget(name)
-        with pytest.warns(_jit.ExtensionSelfCheckWarning, match=message):
-            assert _jit.checked_on(name, _broken_extension(**broken), cpu, ctk._self_check) is None
-    finally:
-        _jit.forget(name)
+    check_first_use_check("densessl_test_checked_context_topk", _reference_extension(fp32_scores=True),
+                          _broken_extension(**broken), ctk._self_check, message)
 
 
 def _features(frames: int, channels: int, height: int, width: int, seed: int = 0) -> torch.Tensor:

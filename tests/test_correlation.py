@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from densessl.ops import _jit
-from conftest import build_kernel_emulator, built_extension
+from conftest import build_kernel_emulator, built_extension, check_first_use_check
 from densessl.ops import context_topk as ctk
 from densessl.ops import correlation as corr
 from densessl.ops.correlation import (
@@ -311,22 +311,8 @@ def _reference_kernels(forward_error: float = 0.0, swap_grads: bool = False):
     (dict(swap_grads=True), "grad of input1"),
 ])
 def test_first_use_check_accepts_the_reference_and_catches_wrong_kernels(broken, message):
-    name = "densessl_test_checked_correlation"
-    cpu = torch.device("cpu")
-    _jit.forget(name)
-    try:
-        good = _reference_kernels()
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            assert _jit.checked_on(name, good, cpu, corr._self_check) is good
-        _jit.forget(name)
-        with pytest.warns(_jit.ExtensionSelfCheckWarning, match=message):
-            assert _jit.checked_on(name, _reference_kernels(**broken), cpu, corr._self_check) is None
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # remembered per device: no second check, no warning
-            assert _jit.checked_on(name, good, cpu, corr._self_check) is None
-    finally:
-        _jit.forget(name)
+    check_first_use_check("densessl_test_checked_correlation", _reference_kernels(),
+                          _reference_kernels(**broken), corr._self_check, message)
 
 
 def test_a_kernel_that_cannot_launch_falls_back_with_its_error():
