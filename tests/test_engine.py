@@ -332,6 +332,15 @@ def test_time_budget_writes_a_final_checkpoint(tmp_path):
     assert load_checkpoint(trainer.checkpoint_path)["step"] == 1
 
 
+@pytest.mark.parametrize("stop", [dict(stop_after=3), dict(max_minutes=1e-9)], ids=["stop_after", "time"])
+def test_a_session_that_stops_early_logs_its_last_steps(tmp_path, stop):
+    trainer = make_trainer(tmp_path, "early", log_every=5, max_steps=50, **stop)
+    result = trainer.fit()
+    logged = train_losses(trainer.run_dir)
+    assert [step for step, _ in logged] == [result.step]  # before the first full window of 5
+    assert result.train_metrics["loss"] == logged[0][1]
+
+
 def clocked(trainer: Trainer, seconds_per_step: float) -> Trainer:
     """The trainer's clock reads ``seconds_per_step`` × the steps done: time-budget runs become
     deterministic."""

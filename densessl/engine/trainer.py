@@ -493,6 +493,20 @@ class Trainer:
         metrics["lr"] = lr
         return metrics
 
+    def _log_window(self, window: MetricWindow, window_start: float, progress: Any) -> dict[str, float]:
+        """Log the mean metrics of the steps in ``window`` (over all ranks) at this step."""
+        elapsed = self.clock() - window_start
+        values = all_reduce_mean(window.means(), self.device)
+        if not math.isfinite(values.get("loss", 0.0)):
+            raise RuntimeError(f"the loss is not finite at step {self.step}: {values['loss']}")
+        values["epoch"] = self.epoch
+        values["samples_per_s"] = window.steps * self.cfg.batch_size / max(elapsed, 1e-9)
+        values["elapsed_s"] = self.elapsed_s()  # training time, earlier sessions included
+        self.logger.log(self.step, values)
+        if progress is not None:
+            progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}")
+        return values
+
     def _run_eval(self) -> dict[str, float]:
         results: dict[str, float] = {}
         if self.evaluate is not None and self.dist.is_main:
@@ -602,17 +616,7 @@ class Trainer:
 
                 last_step = self.step == self.total_steps
                 if self.step % cfg.log_every == 0 or last_step:
-                    elapsed = self.clock() - window_start
-                    values = all_reduce_mean(window.means(), self.device)
-                    if not math.isfinite(values.get("loss", 0.0)):
-                        raise RuntimeError(f"the loss is not finite at step {self.step}: {values['loss']}")
-                    values["epoch"] = self.epoch
-                    values["samples_per_s"] = window.steps * cfg.batch_size / max(elapsed, 1e-9)
-                    values["elapsed_s"] = self.elapsed_s()  # training time, earlier sessions included
-                    self.logger.log(self.step, values)
-                    result.train_metrics = values
-                    if progress is not None:
-                        progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}")
+                    result.train_metrics = self._log_window(window, window_start, progress)
                     window, window_start = MetricWindow(), self.clock()
 
                 if self.eval_every > 0 and self.step % self.eval_every == 0 and not last_step:
@@ -630,6 +634,8 @@ class Trainer:
                     stop_reason = "time"
                 elif cfg.stop_after > 0 and session_steps >= cfg.stop_after:
                     stop_reason = "stop_after"
+                if stop_reason and window.steps:  # the steps since the last log line
+                    result.train_metrics = self._log_window(window, window_start, progress)
                 if self.step % cfg.checkpoint_every == 0 or last_step or stop_reason:
                     self.save()
                 if last_step or stop_reason:
