@@ -579,3 +579,15 @@ def test_records_carry_the_training_time_across_a_resume(tmp_path):
     elapsed = [seconds for _, seconds in train]
     assert all(b > a for a, b in zip(elapsed, elapsed[1:]))  # rises through the resume
     assert all(isinstance(r["elapsed_s"], float) for r in rows if r["kind"] == "eval")
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_eval_mode_sets_every_submodule_back_on_errors_too(training):
+    from densessl.models.modes import eval_mode
+
+    net = torch.nn.Sequential(torch.nn.Dropout(), torch.nn.BatchNorm1d(3)).train(training)
+    with pytest.raises(KeyError):
+        with eval_mode(net) as inside:
+            assert inside is net and not any(m.training for m in net.modules())
+            raise KeyError("boom")
+    assert all(m.training == training for m in net.modules())

@@ -36,6 +36,7 @@ from densessl.engine.runlog import RunLogger, truncate_log, write_run_info
 from densessl.engine.schedules import SCHEDULES, lr_factor
 from densessl.engine.seed import capture_rng_state, restore_rng_state, seed_everything
 from densessl.errors import InputError
+from densessl.models.modes import eval_mode
 
 AMP_MODES = ("none", "auto", "bf16", "fp16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -510,17 +511,14 @@ class Trainer:
     def _run_eval(self) -> dict[str, float]:
         results: dict[str, float] = {}
         if self.evaluate is not None and self.dist.is_main:
-            was_training = self.model.training
-            self.model.eval()
             # evaluating must not change what training draws next (building a backbone copy
             # initialises weights from the global RNG), so a run is the same with or without it
             rng_state = capture_rng_state()
             try:
-                with torch.no_grad():
+                with eval_mode(self.model), torch.no_grad():
                     results = {k: float(v) for k, v in self.evaluate(self.step).items()}
             finally:
                 restore_rng_state(rng_state)
-                self.model.train(was_training)
             if self.logger is not None:
                 self.logger.log(self.step, {**results, "elapsed_s": self.elapsed_s()}, kind="eval")
         barrier()

@@ -25,6 +25,7 @@ from torchvision.ops import roi_align
 
 from densessl.augment.crw import CRWAugment, CRWViews
 from densessl.losses.random_walk import RandomWalkLoss, palindrome_products, transition_matrices
+from densessl.models.modes import eval_mode
 
 MODES = ("patch", "dense", "roi")
 
@@ -153,15 +154,10 @@ class CRWTrainModel(nn.Module):
 def _seeded_eval(model: nn.Module, device: torch.device, seed: int) -> Iterator[None]:
     """Eval mode with the global RNGs (CUDA's on ``device`` too) seeded with ``seed``; the
     model's mode and the RNG states are restored afterwards."""
-    was_training = model.training
-    model.eval()
     devices = [device.index or 0] if device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            yield
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 @torch.no_grad()

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from densessl.datasets.motion_pairs import resize_flow, resize_image
 from densessl.losses.cis import REFERENCE_EPSILON_PER_ELEMENT, CISTerms, cis_terms
 from densessl.models.ema import update_ema_, warmed_up_decay
+from densessl.models.modes import eval_mode
 from densessl.models.unet import Decoder, DilatedBottleneck, Encoder, UNet
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -491,14 +492,10 @@ class CISView:
 def cis_view(model: MotionVOSModel, image: Tensor, flow: Tensor) -> CISView:
     """The training generator's masks and the inpainter's reconstructions for ``image``
     (B×3×H×W in [0, 1]) and ``flow`` (B×2×H×W, pixels), in eval mode (the mode is restored)."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         normalized_image, normalized_flow = model.normalize(image, flow)
         mask = model.generator.mask(model.generator(normalized_image, normalized_flow))
         inside, _, _ = model._reconstruct(normalized_image, normalized_flow, mask)
-    finally:
-        model.train(was_training)
     size = normalized_flow.shape[-2:]
     small = F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
     return CISView(
