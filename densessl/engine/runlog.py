@@ -68,6 +68,20 @@ def write_run_info(run_dir: Path, world_size: int = 1) -> None:
     (run_dir / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
 
 
+def read_run_log(path: str | os.PathLike) -> list[dict]:
+    """The records of a run's ``log.jsonl`` that carry a step; a line cut short by an
+    interrupted run is skipped."""
+    records = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "step" in record:
+            records.append(record)
+    return records
+
+
 def truncate_log(path: Path, last_step: int) -> None:
     """Drop log lines of steps after ``last_step`` (logged by a run that was then interrupted)."""
     if not path.is_file():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 
 from densessl.datasets.palette import davis_palette
+from densessl.engine.runlog import read_run_log
 
 _PALETTE = davis_palette()
 
@@ -264,20 +264,6 @@ def save_bar_chart(
 
 _NOT_CURVES = {"step", "kind", "time", "epoch", "elapsed_s"}
 Curve = tuple[list[float], list[float]]  # (x values, metric values)
-
-
-def read_run_log(path: str | os.PathLike) -> list[dict]:
-    """The records of a run's ``log.jsonl`` that carry a step; a line cut short by an
-    interrupted run is skipped."""
-    records = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and "step" in record:
-            records.append(record)
-    return records
 
 
 def _curve_panels(records: Sequence[dict], x: str = "step") -> dict[str, dict[str, Curve]]:
