@@ -3,6 +3,7 @@
 
 Cases (fp32 and bf16, forward and forward+backward):
   B8 C256 60×107 P25,  B2 C64 120×214 P9,  B20 C128 32×32 P9.
+16-bit dtypes are also timed with the tensor cores off (``correlation_cuda(tensor_cores=False)``).
 Prints a markdown table. ``--quick`` shrinks every case so that it runs on a CPU in seconds.
 
     python benchmarks/bench_correlation.py --device cuda --repeats 50
@@ -51,11 +52,17 @@ def unfold_correlation(input1: torch.Tensor, input2: torch.Tensor, patch: int) -
     return out.view(batch, patch, patch, height, width)
 
 
+# fp16/bf16 on the CUDA-core kernels: the tensor cores' gain (the same kernels as fp32 otherwise).
+CUDA_CORES = "densessl (CUDA, no tensor cores)"
+
+
 def _implementations(device: str) -> dict[str, Callable[..., torch.Tensor]]:
     impls: dict[str, Callable[..., torch.Tensor]] = {}
     if device == "cuda":
         if corr.load_extension() is not None:
             impls["densessl (CUDA)"] = lambda a, b, p: corr.correlation_cuda(a, b, patch_size=p)
+            impls[CUDA_CORES] = lambda a, b, p: corr.correlation_cuda(
+                a, b, patch_size=p, tensor_cores=False)
         impls["densessl (reference)"] = lambda a, b, p: corr.correlation_reference(
             a, b, patch_size=p)
     else:
@@ -158,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     for case in cases:
         for dtype in dtypes:
             for name, impl in impls.items():
+                if name == CUDA_CORES and dtype.itemsize != 2:
+                    continue
                 fwd, both, peak = measure(impl, case, dtype, args.device, args.repeats,
                                           args.warmup)
                 dtype_name = str(dtype).removeprefix("torch.")

@@ -112,6 +112,49 @@ double max_rel_error<double>(const std::vector<double>& got, const std::vector<d
   return err / scale;
 }
 
+// The tensor-core kernels (16-bit types), where they apply; appends to the case's line.
+template <typename T>
+bool run_mma(const Case& cs, const std::vector<T>& a, const std::vector<T>& b,
+             const std::vector<T>& g, const Naive& want, double tolerance) {
+  const CorrParams& p = cs.p;
+  if (!mma_backward_applies(p)) {
+    std::printf(" mma[n/a]");
+    return true;
+  }
+  bool ok = true;
+  with_mma_bands(p, [&](auto nt) {
+    constexpr int NT = decltype(nt)::value;
+    if (mma_forward_applies(p)) {
+      const MmaForwardGeometry geo = mma_forward_geometry(p, NT, std::max(1, cs.max_threads / 32));
+      std::vector<T> out(want.out.size());
+      launch(geo.gridX, p.B, geo.warps * 32, geo.smem, [&] {
+        corr_forward_mma_kernel<T, T, NT>(a.data(), b.data(), out.data(), p, geo.warps,
+                                          geo.tilesX, geo.ldA, geo.ldB, geo.ldD);
+      });
+      const double e_out = max_rel_error(out, want.out);
+      ok = ok && e_out <= tolerance && geo.smem <= kSmemLimit;
+      std::printf(" mma forward[NT=%d warps=%d tiles=%d] out=%.3g", NT, geo.warps, geo.tilesX,
+                  e_out);
+    }
+    const MmaBackwardGeometry geo = mma_backward_geometry(p, NT);
+    std::vector<T> grad1(a.size()), grad2(b.size());
+    launch(geo.gridX, p.B, geo.threads, geo.smem, [&] {
+      corr_backward_mma_kernel<T, T, NT, false>(g.data(), b.data(), grad1.data(), p, geo.tilesX,
+                                                geo.chunksC, geo.ldS, geo.ldG);
+    });
+    launch(geo.gridX, p.B, geo.threads, geo.smem, [&] {
+      corr_backward_mma_kernel<T, T, NT, true>(g.data(), a.data(), grad2.data(), p, geo.tilesX,
+                                               geo.chunksC, geo.ldS, geo.ldG);
+    });
+    const double e_g1 = max_rel_error(grad1, want.grad1);
+    const double e_g2 = max_rel_error(grad2, want.grad2);
+    ok = ok && e_g1 <= tolerance && e_g2 <= tolerance && geo.smem <= kSmemLimit;
+    std::printf(" mma backward[NT=%d tiles=%d chunks=%d] grad1=%.3g grad2=%.3g", NT, geo.tilesX,
+                geo.chunksC, e_g1, e_g2);
+  });
+  return ok;
+}
+
 template <typename T>
 bool run_case(const Case& cs, double tolerance, const std::string& label) {
   const CorrParams& p = cs.p;
@@ -176,8 +219,10 @@ bool run_case(const Case& cs, double tolerance, const std::string& label) {
   const double e_g2 = max_rel_error(grad2, want.grad2);
   ok = ok && e_out <= tolerance && e_g1 <= tolerance && e_g2 <= tolerance;
   std::printf(" backward[nCg=%d nXg=%d tiles=%d chunks=%d] rel.err out=%.3g grad1=%.3g "
-              "grad2=%.3g %s\n",
-              geo.nCg, geo.nXg, geo.tilesX, geo.chunksC, e_out, e_g1, e_g2, ok ? "OK" : "FAIL");
+              "grad2=%.3g",
+              geo.nCg, geo.nXg, geo.tilesX, geo.chunksC, e_out, e_g1, e_g2);
+  if constexpr (!std::is_same_v<acc_t, T>) ok = run_mma(cs, a, b, g, want, tolerance) && ok;
+  std::printf(" %s\n", ok ? "OK" : "FAIL");
   return ok;
 }
 

@@ -287,19 +287,22 @@ def test_extension_can_be_disabled(monkeypatch):
         assert corr.load_extension() is None
 
 
-def _reference_kernels(forward_error: float = 0.0, swap_grads: bool = False):
+def _reference_kernels(forward_error: float = 0.0, swap_grads: bool = False,
+                       wrong_path: bool | None = None):
     """Stands in for the compiled module on the CPU: the reference with the kernels' calling
-    convention, optionally made wrong."""
+    convention, optionally made wrong (``wrong_path``: only 16-bit forwards with
+    ``tensor_cores`` equal to it)."""
 
     def config(args):
         return CorrelationConfig(*(tuple(args[i:i + 2]) for i in range(0, 12, 2)))
 
-    def forward(a, b, *args):
+    def forward(a, b, *args, tensor_cores=True):
         out = corr._reference_forward(a, b, config(args))
-        out.view(-1)[7] += forward_error
+        if wrong_path is None or (a.dtype.itemsize == 2 and tensor_cores == wrong_path):
+            out.view(-1)[7] += forward_error
         return out
 
-    def backward(grad, a, b, *args):
+    def backward(grad, a, b, *args, tensor_cores=True):
         grad1, grad2 = corr._reference_backward(grad, a, b, config(args[:12]), *args[12:])
         return (grad2, grad1) if swap_grads else (grad1, grad2)
 
@@ -309,6 +312,8 @@ def _reference_kernels(forward_error: float = 0.0, swap_grads: bool = False):
 @pytest.mark.parametrize("broken,message", [
     (dict(forward_error=1e-2), "forward, torch.float32"),
     (dict(swap_grads=True), "grad of input1"),
+    (dict(forward_error=0.5, wrong_path=True), r"forward, torch.float16 CorrelationConfig"),
+    (dict(forward_error=0.5, wrong_path=False), "forward, torch.float16 without tensor cores"),
 ])
 def test_first_use_check_accepts_the_reference_and_catches_wrong_kernels(broken, message):
     check_first_use_check("densessl_test_checked_correlation", _reference_kernels(),
@@ -318,7 +323,7 @@ def test_first_use_check_accepts_the_reference_and_catches_wrong_kernels(broken,
 def test_a_kernel_that_cannot_launch_falls_back_with_its_error():
     name = "densessl_test_unlaunchable_correlation"
 
-    def no_image(*args):
+    def no_image(*args, **kwargs):
         raise RuntimeError("CUDA error: no kernel image is available for execution on the device")
 
     _jit.forget(name)
@@ -393,6 +398,12 @@ EMULATION_CASES = [
     "1,2,2,10,1,1,1,257,1,8,0,0,1,1,1,1,256",    # largest reach and stride sent to the GPU
     "1,2,3,12,1,1,3,2,1,1,0,0,1,1,1,256,128",
     "1,3,2,12,1,1,2,257,1,1,0,0,1,1,1,1,256",
+    # tensor-core kernels (16-bit): two channel chunks and two tiles of five warps; the widest
+    # band (span 48, four column tiles), with a dilated patch; a kernel window with padding
+    "1,70,3,150,1,1,3,9,1,1,0,0,1,1,1,1,256",
+    "1,3,2,20,1,1,1,49,1,1,0,0,1,1,1,1,64",
+    "1,5,3,30,1,1,3,25,1,1,0,0,1,1,1,2,64",
+    "1,20,5,40,3,3,5,25,1,1,1,1,1,1,1,1,64",
 ]
 
 
@@ -489,6 +500,30 @@ def test_cuda_benchmark_shapes_and_dispatch():
     assert _rel_error(out, gold) <= 1e-5
     out.square().mean().backward()  # gradients flow through the dispatcher
     assert a.grad is not None and b.grad is not None
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cfg", [dict(patch_size=25), dict(patch_size=9), dict(patch_size=49),
+                                 dict(patch_size=(3, 13), dilation_patch=(1, 4))],
+                         ids=["P25", "P9", "P49", "dilated"])
+def test_cuda_tensor_core_and_cuda_core_kernels_agree(cfg, dtype):
+    """16-bit inputs at benchmark-like sizes: the tensor-core kernels (the default) and the
+    CUDA-core ones each match the float64 reference in forward and backward."""
+    _ext()
+    g = torch.Generator(device="cuda").manual_seed(3)
+    a = torch.randn(2, 80, 12, 107, device="cuda", generator=g).to(dtype).requires_grad_()
+    b = torch.randn(2, 80, 12, 107, device="cuda", generator=g).to(dtype).requires_grad_()
+    a64, b64 = (t.detach().double().requires_grad_() for t in (a, b))
+    gold = correlation_reference(a64, b64, **cfg)
+    grad = torch.randn(gold.shape, device="cuda", generator=g).to(dtype)
+    gold_grads = torch.autograd.grad(gold, (a64, b64), grad.double())
+    for tensor_cores in (True, False):
+        out = corr.correlation_cuda(a, b, **cfg, tensor_cores=tensor_cores)
+        assert _rel_error(out, gold) <= TOLERANCE[dtype], tensor_cores
+        for got, want in zip(torch.autograd.grad(out, (a, b), grad), gold_grads):
+            assert _rel_error(got, want) <= TOLERANCE[dtype], tensor_cores
 
 
 @pytest.mark.cuda

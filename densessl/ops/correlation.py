@@ -18,7 +18,9 @@ even patches differently when ``dilation_patch > 1`` (an inconsistency of the pa
 Two implementations share this definition:
 
 * CUDA kernels (``densessl/ops/csrc``), compiled on first use and cached; fp32/fp16/bf16 inputs,
-  fp32 accumulation. On first use on a device they are compared with the reference on small
+  fp32 accumulation. fp16/bf16 products run on the tensor cores (sm_80 and newer) when the
+  horizontal stride is 1 (forward) and ``(PW − 1)·dilation_patch ≤ 48``; everything else runs
+  on the CUDA cores. On first use on a device they are compared with the reference on small
   inputs; if they disagree (or fail to launch) the reference is used there, with one warning.
 * A pure-PyTorch reference that loops over displacements (each one a shifted elementwise product
   summed over channels), so it never holds more than one ``B×C×oH×oW`` product at a time. It runs
@@ -284,29 +286,37 @@ def load_extension() -> ModuleType | None:
     return _jit.load_op(EXTENSION_NAME, CSRC, EXTENSION_SOURCES, EXTENSION_HEADERS)
 
 
-_SELF_CHECK_CONFIGS = (
-    CorrelationConfig.make(patch_size=5, dilation_patch=2),
-    CorrelationConfig.make(kernel_size=3, patch_size=4, stride=2, padding=1, dilation=2),
+# (geometry, B×C×H×W): a dilated patch; a strided, padded, dilated kernel (the CUDA-core forward
+# in every dtype); two channel chunks and three 16-column tiles (the tensor-core kernels).
+_SELF_CHECK_CASES = (
+    (CorrelationConfig.make(patch_size=5, dilation_patch=2), (2, 6, 9, 13)),
+    (CorrelationConfig.make(kernel_size=3, patch_size=4, stride=2, padding=1, dilation=2),
+     (2, 6, 9, 13)),
+    (CorrelationConfig.make(patch_size=9), (1, 70, 4, 40)),
 )
 _SELF_CHECK_RTOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 4e-2}
 
 
 def _self_check(ext: ModuleType, device: torch.device) -> None:
-    """Forward and backward of ``ext`` against the reference on small inputs, in each dtype."""
+    """Forward and backward of ``ext`` against the reference on small inputs, in each dtype;
+    16-bit inputs with and without the tensor-core kernels."""
     gen = torch.Generator().manual_seed(0)
-    for cfg in _SELF_CHECK_CONFIGS:
-        shape = (2, 6, 9, 13)
+    for cfg, shape in _SELF_CHECK_CASES:
         a, b = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
-        grad = torch.randn(2, *cfg.patch_size, *cfg.output_size(*shape[2:]), generator=gen)
+        grad = torch.randn(shape[0], *cfg.patch_size, *cfg.output_size(*shape[2:]), generator=gen)
         for dtype, rtol in _SELF_CHECK_RTOL.items():
             x1, x2, g = (t.to(device=device, dtype=dtype) for t in (a, b, grad))
-            where = f"{dtype} {cfg}"
-            _jit.assert_close(ext.forward(x1, x2, *cfg.extension_args()),
-                              _reference_forward(x1, x2, cfg), rtol, f"forward, {where}")
-            got = ext.backward(g, x1, x2, *cfg.extension_args(), True, True)
-            want = _reference_backward(g, x1, x2, cfg)
-            for index in range(2):
-                _jit.assert_close(got[index], want[index], rtol, f"grad of input{index + 1}, {where}")
+            want_out = _reference_forward(x1, x2, cfg)
+            want_grads = _reference_backward(g, x1, x2, cfg)
+            for tensor_cores in (True, False) if dtype.itemsize == 2 else (True,):
+                where = f"{dtype}{'' if tensor_cores else ' without tensor cores'} {cfg}"
+                _jit.assert_close(ext.forward(x1, x2, *cfg.extension_args(), tensor_cores=tensor_cores),
+                                  want_out, rtol, f"forward, {where}")
+                got = ext.backward(g, x1, x2, *cfg.extension_args(), True, True,
+                                   tensor_cores=tensor_cores)
+                for index in range(2):
+                    _jit.assert_close(got[index], want_grads[index], rtol,
+                                      f"grad of input{index + 1}, {where}")
 
 
 def usable_extension(device: torch.device) -> ModuleType | None:
@@ -328,12 +338,12 @@ class _CudaCorrelation(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: FunctionCtx, input1: Tensor, input2: Tensor, cfg: CorrelationConfig,
-        ext: ModuleType,
+        ext: ModuleType, tensor_cores: bool,
     ) -> Tensor:
         input1, input2 = input1.contiguous(), input2.contiguous()
         ctx.save_for_backward(input1, input2)
-        ctx.cfg, ctx.ext = cfg, ext  # type: ignore[attr-defined]
-        return ext.forward(input1, input2, *cfg.extension_args())
+        ctx.cfg, ctx.ext, ctx.tensor_cores = cfg, ext, tensor_cores  # type: ignore[attr-defined]
+        return ext.forward(input1, input2, *cfg.extension_args(), tensor_cores=tensor_cores)
 
     @staticmethod
     @once_differentiable
@@ -342,9 +352,9 @@ class _CudaCorrelation(torch.autograd.Function):
         need1, need2 = ctx.needs_input_grad[:2]  # type: ignore[attr-defined]
         grad1, grad2 = ctx.ext.backward(  # type: ignore[attr-defined]
             grad.contiguous(), input1, input2, *ctx.cfg.extension_args(),  # type: ignore[attr-defined]
-            bool(need1), bool(need2),
+            bool(need1), bool(need2), tensor_cores=ctx.tensor_cores,  # type: ignore[attr-defined]
         )
-        return (grad1 if need1 else None), (grad2 if need2 else None), None, None
+        return (grad1 if need1 else None), (grad2 if need2 else None), None, None, None
 
 
 # --------------------------------------------------------------------------- public API
@@ -379,8 +389,14 @@ def correlation_cuda(
     padding: IntPair = 0,
     dilation: IntPair = 1,
     dilation_patch: IntPair = 1,
+    *,
+    tensor_cores: bool = True,
 ) -> Tensor:
-    """The compiled CUDA path only; RuntimeError when it cannot run for these inputs."""
+    """The compiled CUDA path only; RuntimeError when it cannot run for these inputs.
+
+    ``tensor_cores=False`` keeps fp16/bf16 inputs on the CUDA-core kernels (for comparisons);
+    by default they use the tensor-core kernels where those apply (see the module doc).
+    """
     cfg = CorrelationConfig.make(kernel_size, patch_size, stride, padding, dilation, dilation_patch)
     _check_inputs(input1, input2)
     if not input1.is_cuda:
@@ -394,7 +410,7 @@ def correlation_cuda(
     if ext is None:
         raise RuntimeError("the CUDA correlation extension is not available (see the warning)")
     cfg.output_size(input1.shape[2], input1.shape[3])
-    return _CudaCorrelation.apply(input1, input2, cfg, ext)
+    return _CudaCorrelation.apply(input1, input2, cfg, ext, tensor_cores)
 
 
 def spatial_correlation_sample(
@@ -426,7 +442,7 @@ def spatial_correlation_sample(
     if input1.is_cuda and _cuda_supported(cfg):
         ext = usable_extension(input1.device)
         if ext is not None:
-            return _CudaCorrelation.apply(input1, input2, cfg, ext)
+            return _CudaCorrelation.apply(input1, input2, cfg, ext, True)
     return _ReferenceCorrelation.apply(input1, input2, cfg)
 
 

@@ -63,17 +63,18 @@ CorrParams make_params(const at::Tensor& input1, const at::Tensor& input2, int64
 
 at::Tensor forward(const at::Tensor& input1, const at::Tensor& input2, int64_t kH, int64_t kW,
                    int64_t pH, int64_t pW, int64_t sH, int64_t sW, int64_t padH, int64_t padW,
-                   int64_t dilH, int64_t dilW, int64_t dpH, int64_t dpW) {
+                   int64_t dilH, int64_t dilW, int64_t dpH, int64_t dpW, bool tensor_cores) {
   const CorrParams p =
       make_params(input1, input2, kH, kW, pH, pW, sH, sW, padH, padW, dilH, dilW, dpH, dpW);
-  return densessl::correlation_forward_cuda(input1.contiguous(), input2.contiguous(), p);
+  return densessl::correlation_forward_cuda(input1.contiguous(), input2.contiguous(), p,
+                                            tensor_cores);
 }
 
 std::vector<at::Tensor> backward(const at::Tensor& grad, const at::Tensor& input1,
                                  const at::Tensor& input2, int64_t kH, int64_t kW, int64_t pH,
                                  int64_t pW, int64_t sH, int64_t sW, int64_t padH, int64_t padW,
                                  int64_t dilH, int64_t dilW, int64_t dpH, int64_t dpW,
-                                 bool need_input1, bool need_input2) {
+                                 bool need_input1, bool need_input2, bool tensor_cores) {
   const CorrParams p =
       make_params(input1, input2, kH, kW, pH, pW, sH, sW, padH, padW, dilH, dilW, dpH, dpW);
   TORCH_CHECK(grad.is_cuda() && grad.device() == input1.device(),
@@ -83,7 +84,7 @@ std::vector<at::Tensor> backward(const at::Tensor& grad, const at::Tensor& input
               p.oH, ", ", p.oW, "]");
   const at::Tensor g = grad.to(input1.scalar_type()).contiguous();
   return densessl::correlation_backward_cuda(g, input1.contiguous(), input2.contiguous(), p,
-                                             need_input1, need_input2);
+                                             need_input1, need_input2, tensor_cores);
 }
 
 }  // namespace
@@ -93,10 +94,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "correlation forward (CUDA)", py::arg("input1"), py::arg("input2"),
         py::arg("kH"), py::arg("kW"), py::arg("pH"), py::arg("pW"), py::arg("sH"), py::arg("sW"),
         py::arg("padH"), py::arg("padW"), py::arg("dilH"), py::arg("dilW"), py::arg("dpH"),
-        py::arg("dpW"));
+        py::arg("dpW"), py::arg("tensor_cores") = true);
   m.def("backward", &backward, "correlation backward (CUDA)", py::arg("grad"),
         py::arg("input1"), py::arg("input2"), py::arg("kH"), py::arg("kW"), py::arg("pH"),
         py::arg("pW"), py::arg("sH"), py::arg("sW"), py::arg("padH"), py::arg("padW"),
         py::arg("dilH"), py::arg("dilW"), py::arg("dpH"), py::arg("dpW"),
-        py::arg("need_input1") = true, py::arg("need_input2") = true);
+        py::arg("need_input1") = true, py::arg("need_input2") = true,
+        py::arg("tensor_cores") = true);
 }
