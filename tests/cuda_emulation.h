@@ -58,11 +58,12 @@ inline void __syncthreads() { emu::block_barrier->arrive_and_wait(); }
     }                                                                               \
   } while (0)
 
-// WMMA (m16n16k16) for the tensor-core kernels: every lane of a warp holds the whole tile in
-// fp32 (the products of 16-bit values are exact in fp32, which then accumulates, as on the
-// tensor cores). Loads check WMMA's requirements: 32-byte aligned pointers and a pitch that is a
-// multiple of 16 bytes. A store is written by lane 0 of the warp; the kernels synchronise the
-// block before reading it back.
+// WMMA (m16n16k16) for the tensor-core kernels: lane 0 of each warp holds the whole tile in fp32
+// (the products of 16-bit values are exact in fp32, which then accumulates, as on the tensor
+// cores), does the warp's loads, products and stores, and so reads every cell a load covers (an
+// unstaged one poisons the result). Every lane checks WMMA's address rules: 32-byte aligned
+// pointers and a pitch that is a multiple of 16 bytes. The kernels synchronise the block before
+// reading a stored tile back.
 namespace nvcuda {
 namespace wmma {
 struct matrix_a {};
@@ -91,6 +92,7 @@ inline void check_tile_address(const void* ptr, unsigned ldm, size_t element_siz
 template <typename Use, int M, int N, int K, typename T, typename Layout>
 void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const T* ptr, unsigned ldm) {
   check_tile_address(ptr, ldm, sizeof(T), "load_matrix_sync");
+  if (threadIdx.x % 32 != 0) return;
   using Frag = fragment<Use, M, N, K, T, Layout>;
   for (int r = 0; r < Frag::rows; ++r)
     for (int c = 0; c < Frag::cols; ++c)
@@ -108,6 +110,7 @@ void mma_sync(fragment<accumulator, M, N, K, float>& d,
               const fragment<matrix_a, M, N, K, TA, LA>& a,
               const fragment<matrix_b, M, N, K, TB, LB>& b,
               const fragment<accumulator, M, N, K, float>& c) {
+  if (threadIdx.x % 32 != 0) return;
   float result[M * N];
   for (int i = 0; i < M; ++i)
     for (int j = 0; j < N; ++j) {
