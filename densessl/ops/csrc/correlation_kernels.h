@@ -51,6 +51,10 @@ struct AccType<double> {
 
 inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
+// Row pitch of the backward's staged rows S[c][·]: odd, so that the rows that the lanes of a
+// warp read at the same column fall in different shared-memory banks (constexpr: host and device).
+constexpr int odd_pitch(int columns) { return columns | 1; }
+
 // Visits the flat indices tid, tid + step, ... < rows·cols as (row, col), dividing only once.
 template <typename F>
 __device__ __forceinline__ void for_each_2d(int rows, int cols, int tid, int step, F&& body) {
@@ -327,7 +331,8 @@ template <int TCT, int TXT>
 inline int backward_smem_bytes(const CorrParams& p, int nCg, int nXg, int acc_size) {
   const int64_t CB = int64_t(nCg) * TCT, TX = int64_t(nXg) * TXT;
   const int64_t U = TX + int64_t(p.pW - 1) * p.dpW;
-  return static_cast<int>(std::min<int64_t>((CB * U + U * TX) * acc_size, INT32_MAX));
+  return static_cast<int>(
+      std::min<int64_t>((CB * odd_pitch(static_cast<int>(U)) + U * TX) * acc_size, INT32_MAX));
 }
 
 template <int TCT, int TXT>
@@ -363,8 +368,9 @@ __global__ void DENSESSL_LAUNCH_BOUNDS(kBackwardThreads)
   const int TX = nXg * TXT;                // target columns of the tile
   const int span = (p.pW - 1) * p.dpW;     // horizontal reach of the patch
   const int U = TX + span;                 // columns of the other input staged
-  acc_t* S = smem;                         // [CB][U]
-  acc_t* G = smem + CB * U;                // [U][TX]
+  const int ldS = odd_pitch(U);
+  acc_t* S = smem;                         // [CB][ldS]
+  acc_t* G = smem + CB * ldS;              // [U][TX]
 
   const BlockCoords blk = block_coords(tilesX, chunksC);
   const int yt = blk.row;                  // row of the target input
@@ -407,14 +413,14 @@ __global__ void DENSESSL_LAUNCH_BOUNDS(kBackwardThreads)
       const int y = t / p.sH;
       for (int kj = 0; kj < p.kW; ++kj) {
         __syncthreads();
-        stage_rows(S, U, CB, U, other_row, c0, p.C, HW, base, 1, p.W, tid, nthreads);
+        stage_rows(S, ldS, CB, U, other_row, c0, p.C, HW, base, 1, p.W, tid, nthreads);
         stage_grad_band<FOR_INPUT2>(G, TX, grad_b, p, ph, y, kj, x0, base, TX, tid, nthreads);
         __syncthreads();
         const int m_end = xl0 + TXT + span;
         for (int m = xl0; m < m_end; ++m) {
           acc_t s[TCT];
 #pragma unroll
-          for (int k = 0; k < TCT; ++k) s[k] = S[(cg + k * nCg) * U + m];
+          for (int k = 0; k < TCT; ++k) s[k] = S[(cg + k * nCg) * ldS + m];
           acc_t g[TXT];
           load_row<TXT>(G + m * TX + xl0, g);
 #pragma unroll
