@@ -383,7 +383,7 @@ def test_cuda_sources_compile(monkeypatch, op, entry_points):
 EMULATION_CASES = [
     "2,19,7,21,1,1,9,9,1,1,0,0,1,1,1,1,32",      # P9, two channel chunks
     "1,5,6,75,1,1,25,25,1,1,0,0,1,1,1,1,32",     # P25, two column tiles
-    "1,4,5,40,1,1,7,7,1,1,0,0,1,1,1,1,16",       # displacement tile 8
+    "1,4,5,40,1,1,7,7,1,1,0,0,1,1,1,1,16",       # P7, 16 threads
     "1,3,6,33,1,1,3,13,1,1,0,0,1,1,1,1,32",      # rectangular patch
     "1,6,8,20,1,1,4,4,1,1,0,0,1,1,2,2,32",       # even patch, dilation_patch
     "1,5,9,19,1,1,5,5,1,1,0,0,1,1,2,3,32",

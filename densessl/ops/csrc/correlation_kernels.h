@@ -8,7 +8,8 @@
 // thread accumulates a TXT × TDT register tile of (column, horizontal displacement) outputs.
 // With unit horizontal stride and displacement step (SLIDE), output (x, j) reads input2 at
 // staged column x + j, so a thread loads TXT + TDT − 1 input2 values per channel for TXT·TDT
-// products; otherwise each product reads its own staged value.
+// products, in whole 16-byte loads (TDT = 4 keeps them aligned); otherwise each product reads
+// its own staged value.
 //
 // Backward (gather form, no atomics, one kernel per input): one block per (row of the input
 // whose gradient is computed, tile of its columns, chunk of channels, batch). For every
@@ -38,6 +39,7 @@ constexpr int kBackwardThreads = 128;   // backward block size
 constexpr int kBackwardTCT = 8;         // backward register tile: channels
 constexpr int kBackwardTXT = 4;         // backward register tile: columns
 constexpr int kForwardTXT = 8;          // forward register tile: output columns
+constexpr int kForwardTDT = 4;          // forward register tile: displacements (SLIDE variant)
 
 // fp32 accumulation for float/half/bfloat16, fp64 for double.
 template <typename T>
@@ -50,6 +52,10 @@ struct AccType<double> {
 };
 
 inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+// Row pitch of the forward's staged input2 rows: a multiple of 4 (16-byte aligned rows) with at
+// least one column to spare, which the whole 16-byte loads of the last thread group reach.
+constexpr int forward_b_pitch(int columns) { return (columns + 4) & ~3; }
 
 // Row pitch of the backward's staged rows S[c][·]: odd, so that the rows that the lanes of a
 // warp read at the same column fall in different shared-memory banks (constexpr: host and device).
@@ -188,7 +194,8 @@ template <int TXT, int TDT>
 inline int forward_smem_bytes(const CorrParams& p, int nXg, int nDg, int acc_size) {
   const int64_t TX = int64_t(nXg) * TXT, ND = int64_t(nDg) * TDT;
   const int64_t TXB = (TX - 1) * p.sW + (ND - 1) * p.dpW + 1;
-  const int64_t elems = std::max<int64_t>(kChunk * (TX + TXB), ND * TX);
+  const int64_t ldB = forward_b_pitch(static_cast<int>(TXB));
+  const int64_t elems = std::max<int64_t>(kChunk * (TX + ldB), ND * TX);
   return static_cast<int>(std::min<int64_t>(elems * acc_size, INT32_MAX));
 }
 
@@ -207,28 +214,14 @@ inline bool forward_geometry(const CorrParams& p, int acc_size, int max_threads,
   return g->smem <= kSmemLimit && g->threads <= 1024;
 }
 
-// Register tile width along the displacements: the one that pads pW least (ties: the wider).
-inline int pick_displacement_tile(int pW) {
-  int best = 8;
-  for (int t : {5, 4}) {
-    if (ceil_div(pW, t) * t < ceil_div(pW, best) * best) best = t;
-  }
-  return best;
-}
-
 // Calls f(std::integral_constant<int, TDT>, std::bool_constant<SLIDE>) for the forward kernel
 // variant suited to p.
 template <typename F>
 inline void with_forward_variant(const CorrParams& p, F&& f) {
-  if (p.sW != 1 || p.dpW != 1) {
+  if (p.sW != 1 || p.dpW != 1)
     f(std::integral_constant<int, 1>{}, std::false_type{});
-    return;
-  }
-  switch (pick_displacement_tile(p.pW)) {
-    case 4: f(std::integral_constant<int, 4>{}, std::true_type{}); break;
-    case 5: f(std::integral_constant<int, 5>{}, std::true_type{}); break;
-    default: f(std::integral_constant<int, 8>{}, std::true_type{}); break;
-  }
+  else
+    f(std::integral_constant<int, kForwardTDT>{}, std::true_type{});
 }
 
 template <typename scalar_t, int TXT, int TDT, bool SLIDE>
@@ -243,8 +236,9 @@ __global__ void DENSESSL_LAUNCH_BOUNDS(SLIDE ? kForwardThreads : 1024)
   const int TX = nXg * TXT;               // output columns of the tile
   const int ND = nDg * TDT;               // horizontal displacements, padded to the thread tile
   const int TXB = (TX - 1) * p.sW + (ND - 1) * p.dpW + 1;  // input2 columns staged
+  const int ldB = forward_b_pitch(TXB);
   acc_t* As = smem;                       // [kChunk][TX]
-  acc_t* Bs = smem + kChunk * TX;         // [kChunk][TXB]
+  acc_t* Bs = smem + kChunk * TX;         // [kChunk][ldB]
 
   const BlockCoords blk = block_coords(tilesX, p.pH);
   const int ph = blk.inner;
@@ -273,17 +267,17 @@ __global__ void DENSESSL_LAUNCH_BOUNDS(SLIDE ? kForwardThreads : 1024)
     for (int c0 = 0; c0 < p.C; c0 += kChunk) {
       __syncthreads();
       stage_rows(As, TX, kChunk, TX, t.in1_row, c0, p.C, HW, t.col1_0, p.sW, p.W, tid, nthreads);
-      stage_rows(Bs, TXB, kChunk, TXB, t.in2_row, c0, p.C, HW, t.col2_0, 1, p.W, tid, nthreads);
+      stage_rows(Bs, ldB, kChunk, TXB, t.in2_row, c0, p.C, HW, t.col2_0, 1, p.W, tid, nthreads);
       __syncthreads();
 #pragma unroll 2
       for (int c = 0; c < kChunk; ++c) {
         acc_t a[TXT];
         load_row<TXT>(As + c * TX + xl0, a);
-        const acc_t* brow = Bs + c * TXB;
+        const acc_t* brow = Bs + c * ldB;
         if constexpr (SLIDE) {
-          acc_t bv[TXT + TDT - 1];
-#pragma unroll
-          for (int k = 0; k < TXT + TDT - 1; ++k) bv[k] = brow[xl0 + d0 + k];
+          static_assert(TXT % 4 == 0 && TDT % 4 == 0, "whole 16-byte loads of input2");
+          acc_t bv[TXT + TDT];  // the last value is loaded and never used
+          load_row<TXT + TDT>(brow + xl0 + d0, bv);
 #pragma unroll
           for (int i = 0; i < TXT; ++i)
 #pragma unroll
