@@ -136,21 +136,23 @@ bool run_mma(const Case& cs, const std::vector<T>& a, const std::vector<T>& b,
       std::printf(" mma forward[NT=%d warps=%d tiles=%d] out=%.3g", NT, geo.warps, geo.tilesX,
                   e_out);
     }
-    const MmaBackwardGeometry geo = mma_backward_geometry(p, NT);
+    const MmaBackwardGeometry geo = mma_backward_geometry(p, NT, std::max(1, cs.max_threads / 32));
     std::vector<T> grad1(a.size()), grad2(b.size());
     launch(geo.gridX, p.B, geo.threads, geo.smem, [&] {
-      corr_backward_mma_kernel<T, T, NT, false>(g.data(), b.data(), grad1.data(), p, geo.tilesX,
-                                                geo.chunksC, geo.ldS, geo.ldG);
+      corr_backward_mma_kernel<T, T, NT, false>(g.data(), b.data(), grad1.data(), p, geo.warpsX,
+                                                geo.warpsC, geo.tilesX, geo.chunksC, geo.ldS,
+                                                geo.ldG);
     });
     launch(geo.gridX, p.B, geo.threads, geo.smem, [&] {
-      corr_backward_mma_kernel<T, T, NT, true>(g.data(), a.data(), grad2.data(), p, geo.tilesX,
-                                               geo.chunksC, geo.ldS, geo.ldG);
+      corr_backward_mma_kernel<T, T, NT, true>(g.data(), a.data(), grad2.data(), p, geo.warpsX,
+                                               geo.warpsC, geo.tilesX, geo.chunksC, geo.ldS,
+                                               geo.ldG);
     });
     const double e_g1 = max_rel_error(grad1, want.grad1);
     const double e_g2 = max_rel_error(grad2, want.grad2);
     ok = ok && e_g1 <= tolerance && e_g2 <= tolerance && geo.smem <= kSmemLimit;
-    std::printf(" mma backward[NT=%d tiles=%d chunks=%d] grad1=%.3g grad2=%.3g", NT, geo.tilesX,
-                geo.chunksC, e_g1, e_g2);
+    std::printf(" mma backward[NT=%d warps=%dx%d tiles=%d chunks=%d] grad1=%.3g grad2=%.3g", NT,
+                geo.warpsX, geo.warpsC, geo.tilesX, geo.chunksC, e_g1, e_g2);
   });
   return ok;
 }

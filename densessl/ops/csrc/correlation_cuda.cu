@@ -109,13 +109,15 @@ void launch_backward_mma(const scalar_t* grad, const scalar_t* other, scalar_t* 
                          const CorrParams& p, cudaStream_t stream) {
   with_mma_bands(p, [&](auto nt) {
     constexpr int NT = decltype(nt)::value;
-    const MmaBackwardGeometry g = mma_backward_geometry(p, NT);
+    const MmaBackwardGeometry g =
+        mma_backward_geometry(p, NT, kMmaBackwardMaxWarpsX * kMmaBackwardMaxWarpsC);
     TORCH_CHECK(g.smem <= kSmemLimit, "correlation: tensor-core backward tile too large");
     over_batch_chunks(p, g.gridX, [&](dim3 grid, const CorrParams& q, int64_t in_off,
                                       int64_t out_off) {
       corr_backward_mma_kernel<scalar_t, mma_t, NT, FOR_INPUT2>
           <<<grid, g.threads, g.smem, stream>>>(grad + out_off, other + in_off, target + in_off, q,
-                                                g.tilesX, g.chunksC, g.ldS, g.ldG);
+                                                g.warpsX, g.warpsC, g.tilesX, g.chunksC, g.ldS,
+                                                g.ldG);
     });
   });
 }

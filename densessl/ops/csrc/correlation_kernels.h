@@ -461,9 +461,9 @@ constexpr int kMmaChunk = 64;         // forward: channels staged at a time
 constexpr int kMmaMaxWarps = 8;       // forward: warps (16 output columns each) per block
 constexpr int kMmaMaxBands = 4;       // largest NT: span = (pW − 1)·dpW ≤ 48
 constexpr int kMmaPad = 8;            // row padding of the staged 16-bit tiles (bank spread)
-constexpr int kMmaBackwardWC = 2;     // backward: channel tiles per warp
-constexpr int kMmaBackwardWarpsX = 4; // backward: warps along columns
-constexpr int kMmaBackwardWarpsC = 2; // backward: warps along channels
+constexpr int kMmaBackwardWC = 2;        // backward: channel tiles per warp
+constexpr int kMmaBackwardMaxWarpsX = 4; // backward: warps along columns, at most
+constexpr int kMmaBackwardMaxWarpsC = 2; // backward: warps along channels, at most
 
 // Column tiles of 16 that the band of one 16-column tile reaches: ⌈(16 + span) / 16⌉.
 inline int mma_bands(const CorrParams& p) { return ceil_div(kMma + (p.pW - 1) * p.dpW, kMma); }
@@ -574,19 +574,26 @@ __global__ void DENSESSL_LAUNCH_BOUNDS(kMmaMaxWarps * 32)
 }
 
 struct MmaBackwardGeometry {
-  int tilesX;   // column tiles per row (16 · kMmaBackwardWarpsX columns each)
-  int chunksC;  // channel chunks (16 · kMmaBackwardWC · kMmaBackwardWarpsC channels each)
+  int warpsX;   // warps along columns (16 columns each)
+  int warpsC;   // warps along channels (16 · kMmaBackwardWC channels each)
+  int tilesX;   // column tiles per row (16 · warpsX columns each)
+  int chunksC;  // channel chunks (16 · kMmaBackwardWC · warpsC channels each)
   int ldS;      // staged "other" input row pitch
   int ldG;      // staged gradient band pitch
   int smem;     // bytes
   int gridX;    // tilesX · chunksC · H
-  int threads;
+  int threads;  // 32 · warpsX · warpsC
 };
 
-inline MmaBackwardGeometry mma_backward_geometry(const CorrParams& p, int nt) {
+// Up to kMmaBackwardMaxWarpsX × kMmaBackwardMaxWarpsC warps (and at most max_warps), fewer for
+// narrow or thin inputs.
+inline MmaBackwardGeometry mma_backward_geometry(const CorrParams& p, int nt, int max_warps) {
   MmaBackwardGeometry g{};
-  const int TX = kMmaBackwardWarpsX * kMma;
-  const int CB = kMmaBackwardWarpsC * kMmaBackwardWC * kMma;
+  g.warpsX = std::max(1, std::min({kMmaBackwardMaxWarpsX, ceil_div(p.W, kMma), max_warps}));
+  g.warpsC = std::max(1, std::min({kMmaBackwardMaxWarpsC, ceil_div(p.C, kMmaBackwardWC * kMma),
+                                   max_warps / g.warpsX}));
+  const int TX = g.warpsX * kMma;
+  const int CB = g.warpsC * kMmaBackwardWC * kMma;
   const int U = TX - kMma + nt * kMma;
   g.tilesX = ceil_div(p.W, TX);
   g.chunksC = ceil_div(p.C, CB);
@@ -596,21 +603,22 @@ inline MmaBackwardGeometry mma_backward_geometry(const CorrParams& p, int nt) {
   const int results = CB * (TX + 4) * 4;
   g.smem = std::max(staged, results);
   g.gridX = g.tilesX * g.chunksC * p.H;
-  g.threads = kMmaBackwardWarpsX * kMmaBackwardWarpsC * 32;
+  g.threads = g.warpsX * g.warpsC * 32;
   return g;
 }
 
 template <typename scalar_t, typename mma_t, int NT, bool FOR_INPUT2>
-__global__ void DENSESSL_LAUNCH_BOUNDS(kMmaBackwardWarpsX * kMmaBackwardWarpsC * 32)
+__global__ void DENSESSL_LAUNCH_BOUNDS(kMmaBackwardMaxWarpsX * kMmaBackwardMaxWarpsC * 32)
     corr_backward_mma_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ other,
                              scalar_t* __restrict__ target_grad, const CorrParams p,
-                             const int tilesX, const int chunksC, const int ldS, const int ldG) {
+                             const int warpsX, const int warpsC, const int tilesX,
+                             const int chunksC, const int ldS, const int ldG) {
 #if DENSESSL_HAS_MMA
   namespace wmma = nvcuda::wmma;
   DENSESSL_SHARED_BYTES(smem_raw);
-  constexpr int TX = kMmaBackwardWarpsX * kMma;                 // target columns of the tile
-  constexpr int CB = kMmaBackwardWarpsC * kMmaBackwardWC * kMma;  // channels of the block
-  constexpr int U = TX - kMma + NT * kMma;                       // other-input columns staged
+  const int TX = warpsX * kMma;                       // target columns of the tile
+  const int CB = warpsC * kMmaBackwardWC * kMma;      // channels of the block
+  const int U = TX - kMma + NT * kMma;                // other-input columns staged
   scalar_t* S = reinterpret_cast<scalar_t*>(smem_raw);          // [CB][ldS]: other[c, m]
   scalar_t* G = S + CB * ldS;                                    // [U][ldG]: band of grad[m, x]
 
@@ -622,8 +630,8 @@ __global__ void DENSESSL_LAUNCH_BOUNDS(kMmaBackwardWarpsX * kMmaBackwardWarpsC *
   const int tid = threadIdx.x;
   const int nthreads = blockDim.x;
   const int warp = tid / 32;
-  const int xw = (warp % kMmaBackwardWarpsX) * kMma;                  // warp's first column
-  const int cw = (warp / kMmaBackwardWarpsX) * kMmaBackwardWC * kMma;  // warp's first channel
+  const int xw = (warp % warpsX) * kMma;                   // warp's first column
+  const int cw = (warp / warpsX) * kMmaBackwardWC * kMma;  // warp's first channel
 
   wmma::fragment<wmma::accumulator, kMma, kMma, kMma, float> acc[kMmaBackwardWC];
 #pragma unroll
@@ -673,7 +681,7 @@ __global__ void DENSESSL_LAUNCH_BOUNDS(kMmaBackwardWarpsX * kMmaBackwardWarpsC *
 
   __syncthreads();
   float* Os = reinterpret_cast<float*>(smem_raw);  // [CB][TX + 4]
-  constexpr int ldO = TX + 4;
+  const int ldO = TX + 4;
 #pragma unroll
   for (int t = 0; t < kMmaBackwardWC; ++t)
     wmma::store_matrix_sync(Os + (cw + t * kMma) * ldO + xw, acc[t], ldO, wmma::mem_row_major);
