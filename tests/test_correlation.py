@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import stat
@@ -318,6 +319,35 @@ def _reference_kernels(forward_error: float = 0.0, swap_grads: bool = False,
 def test_first_use_check_accepts_the_reference_and_catches_wrong_kernels(broken, message):
     check_first_use_check("densessl_test_checked_correlation", _reference_kernels(),
                           _reference_kernels(**broken), corr._self_check, message)
+
+
+@pytest.mark.parametrize("tensor_cores", [True, False])
+def test_autograd_wrapper_of_the_kernels_passes_their_options(tensor_cores):
+    """The autograd Function around the compiled module (run here with the reference in the
+    kernels' calling convention): gradients of both inputs, ``tensor_cores`` both ways."""
+    kernels = _reference_kernels()
+    seen = []
+
+    def forward(*args, tensor_cores):
+        seen.append(("forward", tensor_cores))
+        return kernels.forward(*args, tensor_cores=tensor_cores)
+
+    def backward(*args, tensor_cores):
+        seen.append(("backward", tensor_cores))
+        return kernels.backward(*args, tensor_cores=tensor_cores)
+
+    cfg = CorrelationConfig.make(kernel_size=3, patch_size=5, padding=1, dilation_patch=2)
+    a, b = torch.randn(2, 1, 3, 6, 7, dtype=torch.float64).unbind(0)
+    a.requires_grad_()
+    b.requires_grad_()
+    out = corr._CudaCorrelation.apply(a, b, cfg, SimpleNamespace(forward=forward, backward=backward),
+                                      tensor_cores)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (a, b), grad)
+    want = torch.autograd.grad(correlation_reference(a, b, **dataclasses.asdict(cfg)), (a, b), grad)
+    assert seen == [("forward", tensor_cores), ("backward", tensor_cores)]
+    for g1, g2 in zip(got, want):
+        torch.testing.assert_close(g1, g2)
 
 
 def test_a_kernel_that_cannot_launch_falls_back_with_its_error():

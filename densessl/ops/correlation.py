@@ -310,8 +310,8 @@ def _self_check(ext: ModuleType, device: torch.device) -> None:
             want_grads = _reference_backward(g, x1, x2, cfg)
             for tensor_cores in (True, False) if dtype.itemsize == 2 else (True,):
                 where = f"{dtype}{'' if tensor_cores else ' without tensor cores'} {cfg}"
-                _jit.assert_close(ext.forward(x1, x2, *cfg.extension_args(), tensor_cores=tensor_cores),
-                                  want_out, rtol, f"forward, {where}")
+                out = ext.forward(x1, x2, *cfg.extension_args(), tensor_cores=tensor_cores)
+                _jit.assert_close(out, want_out, rtol, f"forward, {where}")
                 got = ext.backward(g, x1, x2, *cfg.extension_args(), True, True,
                                    tensor_cores=tensor_cores)
                 for index in range(2):
@@ -350,10 +350,9 @@ class _CudaCorrelation(torch.autograd.Function):
     def backward(ctx: FunctionCtx, grad: Tensor):  # type: ignore[override]
         input1, input2 = ctx.saved_tensors  # type: ignore[attr-defined]
         need1, need2 = ctx.needs_input_grad[:2]  # type: ignore[attr-defined]
-        grad1, grad2 = ctx.ext.backward(  # type: ignore[attr-defined]
-            grad.contiguous(), input1, input2, *ctx.cfg.extension_args(),  # type: ignore[attr-defined]
-            bool(need1), bool(need2), tensor_cores=ctx.tensor_cores,  # type: ignore[attr-defined]
-        )
+        ext, cfg, tensor_cores = ctx.ext, ctx.cfg, ctx.tensor_cores  # type: ignore[attr-defined]
+        grad1, grad2 = ext.backward(grad.contiguous(), input1, input2, *cfg.extension_args(),
+                                    bool(need1), bool(need2), tensor_cores=tensor_cores)
         return (grad1 if need1 else None), (grad2 if need2 else None), None, None, None
 
 
