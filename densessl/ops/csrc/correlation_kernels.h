@@ -456,14 +456,14 @@ __global__ void DENSESSL_LAUNCH_BOUNDS(kBackwardThreads)
 // Backward (gather form, as above): grad[c, x] = Σ_m S[c, m] · G[m, x] with G banded; a warp
 // owns WC tiles of 16 channels × one tile of 16 columns and walks the NT tiles of m of its band.
 
-constexpr int kMma = 16;              // WMMA tile edge (m16n16k16)
-constexpr int kMmaChunk = 64;         // forward: channels staged at a time
-constexpr int kMmaMaxWarps = 8;       // forward: warps (16 output columns each) per block
-constexpr int kMmaMaxBands = 4;       // largest NT: span = (pW − 1)·dpW ≤ 48
-constexpr int kMmaPad = 8;            // row padding of the staged 16-bit tiles (bank spread)
-constexpr int kMmaBackwardWC = 2;        // backward: channel tiles per warp
-constexpr int kMmaBackwardMaxWarpsX = 4; // backward: warps along columns, at most
-constexpr int kMmaBackwardMaxWarpsC = 2; // backward: warps along channels, at most
+constexpr int kMma = 16;                  // WMMA tile edge (m16n16k16)
+constexpr int kMmaChunk = 64;             // forward: channels staged at a time
+constexpr int kMmaMaxWarps = 8;           // forward: warps (16 output columns each) per block
+constexpr int kMmaMaxBands = 4;           // largest NT: span = (pW − 1)·dpW ≤ 48
+constexpr int kMmaPad = 8;                // row padding of the staged 16-bit tiles (bank spread)
+constexpr int kMmaBackwardWC = 2;         // backward: channel tiles per warp
+constexpr int kMmaBackwardMaxWarpsX = 4;  // backward: warps along columns, at most
+constexpr int kMmaBackwardMaxWarpsC = 2;  // backward: warps along channels, at most
 
 // Column tiles of 16 that the band of one 16-column tile reaches: ⌈(16 + span) / 16⌉.
 inline int mma_bands(const CorrParams& p) { return ceil_div(kMma + (p.pW - 1) * p.dpW, kMma); }
