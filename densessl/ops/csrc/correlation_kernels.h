@@ -131,8 +131,8 @@ __device__ __forceinline__ void stage_grad_band(dst_t* dst, int ld, const src_t*
 }
 
 // One kernel tap (tap = ki·kW + kj) of a forward block: the rows of the two inputs that output
-// row y and displacement row ph read, the in1 column of output column x0 and the in2 column of
-// displacement 0 from it.
+// row y and displacement row ph read, the in1 column of output column x0 and the in2 column that
+// the first displacement (j = 0, a shift of −rW·dpW) pairs with it.
 template <typename scalar_t>
 struct ForwardTap {
   const scalar_t* in1_row;
