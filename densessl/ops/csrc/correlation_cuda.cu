@@ -130,7 +130,6 @@ at::Tensor correlation_forward_cuda(const at::Tensor& input1, const at::Tensor& 
   at::Tensor out = at::empty({p.B, p.pH, p.pW, p.oH, p.oW}, input1.options());
   if (out.numel() == 0) return out;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const bool mma = tensor_cores && mma_forward_applies(p) && tensor_cores_usable(input1);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input1.scalar_type(), "densessl_correlation_forward", [&] {
         const scalar_t* a = input1.data_ptr<scalar_t>();
@@ -138,7 +137,7 @@ at::Tensor correlation_forward_cuda(const at::Tensor& input1, const at::Tensor& 
         scalar_t* o = out.data_ptr<scalar_t>();
         using mma_t = typename MmaElement<scalar_t>::type;
         if constexpr (!std::is_void_v<mma_t>) {
-          if (mma) {
+          if (tensor_cores && mma_forward_applies(p) && tensor_cores_usable(input1)) {
             launch_forward_mma<scalar_t, mma_t>(a, b, o, p, stream);
             return;
           }
@@ -162,13 +161,12 @@ std::vector<at::Tensor> correlation_backward_cuda(const at::Tensor& grad,
   if (need_input2) grad2 = at::empty_like(input2, at::MemoryFormat::Contiguous);
   if (input1.numel() == 0) return {grad1, grad2};
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const bool mma = tensor_cores && mma_backward_applies(p) && tensor_cores_usable(input1);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input1.scalar_type(), "densessl_correlation_backward", [&] {
         const scalar_t* g = grad.data_ptr<scalar_t>();
         using mma_t = typename MmaElement<scalar_t>::type;
         if constexpr (!std::is_void_v<mma_t>) {
-          if (mma) {
+          if (tensor_cores && mma_backward_applies(p) && tensor_cores_usable(input1)) {
             if (need_input1)
               launch_backward_mma<scalar_t, mma_t, false>(g, input2.data_ptr<scalar_t>(),
                                                           grad1.data_ptr<scalar_t>(), p, stream);

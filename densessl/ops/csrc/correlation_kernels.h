@@ -158,6 +158,41 @@ __device__ __forceinline__ bool forward_tap(const scalar_t* in1_b, const scalar_
   return true;
 }
 
+// Column of the other input that a backward block for target columns x0, x0 + 1, ... stages
+// at m = 0. For input1's gradient, target column x pairs with input2 column x + (j − rW)·dpW at
+// m = (x − x0) + j·dpW; for input2's gradient, target column x pairs with input1 column
+// x − (j − rW)·dpW at m = (x − x0) + (pW − 1 − j)·dpW.
+template <bool FOR_INPUT2>
+__device__ __forceinline__ int backward_base(const CorrParams& p, int x0) {
+  return FOR_INPUT2 ? x0 - (p.pW - 1 - p.rW) * p.dpW : x0 - p.rW * p.dpW;
+}
+
+// One (displacement row ph, kernel row ki) step of a backward block for row yt of the target
+// input (step = ph·kH + ki): the row of the other input that it pairs with and the output row
+// y that reads the pair.
+struct BackwardTap {
+  int ph, other_row, y;
+};
+
+// False when the other row lies outside the image or no output row reads the pair; that is the
+// same for the whole block, so skipping the step keeps every __syncthreads matched.
+template <bool FOR_INPUT2>
+__device__ __forceinline__ bool backward_tap(const CorrParams& p, int yt, int step,
+                                             BackwardTap* t) {
+  const int ph = step / p.kH;
+  const int ki = step - ph * p.kH;
+  const int shift_h = (ph - p.rH) * p.dpH;
+  const int r1 = FOR_INPUT2 ? yt - shift_h : yt;  // input1 row
+  const int r2 = FOR_INPUT2 ? yt : yt + shift_h;  // input2 row
+  if (r1 < 0 || r1 >= p.H || r2 < 0 || r2 >= p.H) return false;
+  const int u = r1 + p.padH - ki * p.dilH;  // = y·sH for the output row reading row r1
+  if (u < 0 || u % p.sH != 0 || u / p.sH >= p.oH) return false;
+  t->ph = ph;
+  t->other_row = FOR_INPUT2 ? r1 : r2;
+  t->y = u / p.sH;
+  return true;
+}
+
 // N consecutive values from shared memory; 16-byte loads for float when N % 4 == 0 (callers
 // guarantee 16-byte alignment in that case).
 template <int N, typename acc_t>
@@ -387,41 +422,32 @@ __global__ void DENSESSL_LAUNCH_BOUNDS(kBackwardThreads)
   const int64_t plane = int64_t(p.oH) * p.oW;
   const scalar_t* other_b = other + int64_t(b) * p.C * HW;
   const scalar_t* grad_b = grad + int64_t(b) * p.pH * p.pW * plane;
-  // Column of the other input at m = 0. For input1's gradient, target column x pairs with
-  // input2 column x + (j − rW)·dpW at m = (x − x0) + j·dpW; for input2's gradient, target column
-  // x pairs with input1 column x − (j − rW)·dpW at m = (x − x0) + (pW − 1 − j)·dpW.
-  const int base = FOR_INPUT2 ? x0 - (p.pW - 1 - p.rW) * p.dpW : x0 - p.rW * p.dpW;
+  const int base = backward_base<FOR_INPUT2>(p, x0);
 
   // The scatter below rewrites the same band cells at every step, so the rest of G stays zero.
   for (int idx = tid; idx < U * TX; idx += nthreads) G[idx] = acc_t(0);
 
-  for (int ph = 0; ph < p.pH; ++ph) {
-    const int shift_h = (ph - p.rH) * p.dpH;
-    const int r1 = FOR_INPUT2 ? yt - shift_h : yt;  // input1 row
-    const int r2 = FOR_INPUT2 ? yt : yt + shift_h;  // input2 row
-    if (r1 < 0 || r1 >= p.H || r2 < 0 || r2 >= p.H) continue;
-    const scalar_t* other_row = other_b + int64_t(FOR_INPUT2 ? r1 : r2) * p.W;
-    for (int ki = 0; ki < p.kH; ++ki) {
-      const int t = r1 + p.padH - ki * p.dilH;  // = y·sH for the output row reading row r1
-      if (t < 0 || t % p.sH != 0 || t / p.sH >= p.oH) continue;
-      const int y = t / p.sH;
-      for (int kj = 0; kj < p.kW; ++kj) {
-        __syncthreads();
-        stage_rows(S, ldS, CB, U, other_row, c0, p.C, HW, base, 1, p.W, tid, nthreads);
-        stage_grad_band<FOR_INPUT2>(G, TX, grad_b, p, ph, y, kj, x0, base, TX, tid, nthreads);
-        __syncthreads();
-        const int m_end = xl0 + TXT + span;
-        for (int m = xl0; m < m_end; ++m) {
-          acc_t s[TCT];
+  for (int step = 0; step < p.pH * p.kH; ++step) {
+    BackwardTap tap;
+    if (!backward_tap<FOR_INPUT2>(p, yt, step, &tap)) continue;
+    const scalar_t* other_row = other_b + int64_t(tap.other_row) * p.W;
+    for (int kj = 0; kj < p.kW; ++kj) {
+      __syncthreads();
+      stage_rows(S, ldS, CB, U, other_row, c0, p.C, HW, base, 1, p.W, tid, nthreads);
+      stage_grad_band<FOR_INPUT2>(G, TX, grad_b, p, tap.ph, tap.y, kj, x0, base, TX, tid,
+                                  nthreads);
+      __syncthreads();
+      const int m_end = xl0 + TXT + span;
+      for (int m = xl0; m < m_end; ++m) {
+        acc_t s[TCT];
 #pragma unroll
-          for (int k = 0; k < TCT; ++k) s[k] = S[(cg + k * nCg) * ldS + m];
-          acc_t g[TXT];
-          load_row<TXT>(G + m * TX + xl0, g);
+        for (int k = 0; k < TCT; ++k) s[k] = S[(cg + k * nCg) * ldS + m];
+        acc_t g[TXT];
+        load_row<TXT>(G + m * TX + xl0, g);
 #pragma unroll
-          for (int k = 0; k < TCT; ++k)
+        for (int k = 0; k < TCT; ++k)
 #pragma unroll
-            for (int i = 0; i < TXT; ++i) acc[k][i] += s[k] * g[i];
-        }
+          for (int i = 0; i < TXT; ++i) acc[k][i] += s[k] * g[i];
       }
     }
   }
@@ -641,39 +667,33 @@ __global__ void DENSESSL_LAUNCH_BOUNDS(kMmaBackwardMaxWarpsX * kMmaBackwardMaxWa
   const int64_t plane = int64_t(p.oH) * p.oW;
   const scalar_t* other_b = other + int64_t(b) * p.C * HW;
   const scalar_t* grad_b = grad + int64_t(b) * p.pH * p.pW * plane;
-  const int base = FOR_INPUT2 ? x0 - (p.pW - 1 - p.rW) * p.dpW : x0 - p.rW * p.dpW;
+  const int base = backward_base<FOR_INPUT2>(p, x0);
   const scalar_t zero = static_cast<scalar_t>(0.0f);
 
   for (int idx = tid; idx < U * ldG; idx += nthreads) G[idx] = zero;
 
-  for (int ph = 0; ph < p.pH; ++ph) {
-    const int shift_h = (ph - p.rH) * p.dpH;
-    const int r1 = FOR_INPUT2 ? yt - shift_h : yt;
-    const int r2 = FOR_INPUT2 ? yt : yt + shift_h;
-    if (r1 < 0 || r1 >= p.H || r2 < 0 || r2 >= p.H) continue;
-    const scalar_t* other_row = other_b + int64_t(FOR_INPUT2 ? r1 : r2) * p.W;
-    for (int ki = 0; ki < p.kH; ++ki) {
-      const int t = r1 + p.padH - ki * p.dilH;
-      if (t < 0 || t % p.sH != 0 || t / p.sH >= p.oH) continue;
-      const int y = t / p.sH;
-      for (int kj = 0; kj < p.kW; ++kj) {
-        __syncthreads();
-        stage_rows(S, ldS, CB, U, other_row, c0, p.C, HW, base, 1, p.W, tid, nthreads);
-        stage_grad_band<FOR_INPUT2>(G, ldG, grad_b, p, ph, y, kj, x0, base, TX, tid, nthreads);
-        __syncthreads();
+  for (int step = 0; step < p.pH * p.kH; ++step) {
+    BackwardTap tap;
+    if (!backward_tap<FOR_INPUT2>(p, yt, step, &tap)) continue;
+    const scalar_t* other_row = other_b + int64_t(tap.other_row) * p.W;
+    for (int kj = 0; kj < p.kW; ++kj) {
+      __syncthreads();
+      stage_rows(S, ldS, CB, U, other_row, c0, p.C, HW, base, 1, p.W, tid, nthreads);
+      stage_grad_band<FOR_INPUT2>(G, ldG, grad_b, p, tap.ph, tap.y, kj, x0, base, TX, tid,
+                                  nthreads);
+      __syncthreads();
 #pragma unroll
-        for (int k = 0; k < NT; ++k) {
-          // band rows m ∈ [xw + 16k, xw + 16k + 16) of G: m × x, row_major with pitch ldG.
-          wmma::fragment<wmma::matrix_b, kMma, kMma, kMma, mma_t, wmma::row_major> gf;
-          wmma::load_matrix_sync(gf, reinterpret_cast<const mma_t*>(G + (xw + k * kMma) * ldG + xw),
-                                 ldG);
+      for (int k = 0; k < NT; ++k) {
+        // band rows m ∈ [xw + 16k, xw + 16k + 16) of G: m × x, row_major with pitch ldG.
+        wmma::fragment<wmma::matrix_b, kMma, kMma, kMma, mma_t, wmma::row_major> gf;
+        wmma::load_matrix_sync(
+            gf, reinterpret_cast<const mma_t*>(G + (xw + k * kMma) * ldG + xw), ldG);
 #pragma unroll
-          for (int t = 0; t < kMmaBackwardWC; ++t) {
-            wmma::fragment<wmma::matrix_a, kMma, kMma, kMma, mma_t, wmma::row_major> sf;
-            wmma::load_matrix_sync(
-                sf, reinterpret_cast<const mma_t*>(S + (cw + t * kMma) * ldS + xw + k * kMma), ldS);
-            wmma::mma_sync(acc[t], sf, gf, acc[t]);
-          }
+        for (int t = 0; t < kMmaBackwardWC; ++t) {
+          wmma::fragment<wmma::matrix_a, kMma, kMma, kMma, mma_t, wmma::row_major> sf;
+          wmma::load_matrix_sync(
+              sf, reinterpret_cast<const mma_t*>(S + (cw + t * kMma) * ldS + xw + k * kMma), ldS);
+          wmma::mma_sync(acc[t], sf, gf, acc[t]);
         }
       }
     }
