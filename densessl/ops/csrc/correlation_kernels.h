@@ -107,6 +107,21 @@ __device__ __forceinline__ void stage_rows(dst_t* dst, int ld, int rows, int col
   });
 }
 
+// The inverse of stage_rows for the rows × cols results of a block, from shared memory to one
+// image row of channels c0, c0 + 1, ...:
+//   row[(c0 + c)·HW + col0 + m] = src[c·ld + m]  (converted to dst_t),
+// skipping channels ≥ C and columns ≥ W.
+template <typename dst_t, typename src_t>
+__device__ __forceinline__ void store_rows(dst_t* row, const src_t* src, int ld, int rows,
+                                           int cols, int c0, int C, int64_t HW, int col0, int W,
+                                           int tid, int nthreads) {
+  for_each_2d(rows, cols, tid, nthreads, [&](int c, int m) {
+    const int col = col0 + m;
+    if (c0 + c < C && col < W)
+      row[int64_t(c0 + c) * HW + col] = static_cast<dst_t>(src[c * ld + m]);
+  });
+}
+
 // Stages, for one (displacement row ph, output row y, kernel column kj), the band of the output
 // gradient that a backward block multiplies with the staged row of the other input: target
 // column x0 + x pairs with staged column m = x + j·dpW (input1's gradient) or
@@ -459,12 +474,8 @@ __global__ void DENSESSL_LAUNCH_BOUNDS(kBackwardThreads)
 #pragma unroll
     for (int i = 0; i < TXT; ++i) Os[(cg + k * nCg) * TX + xl0 + i] = acc[k][i];
   __syncthreads();
-  scalar_t* dst = target_grad + int64_t(b) * p.C * HW + int64_t(yt) * p.W;
-  for_each_2d(CB, TX, tid, nthreads, [&](int c, int xl) {
-    const int x = x0 + xl;
-    if (c0 + c < p.C && x < p.W)
-      dst[int64_t(c0 + c) * HW + x] = static_cast<scalar_t>(Os[c * TX + xl]);
-  });
+  store_rows(target_grad + int64_t(b) * p.C * HW + int64_t(yt) * p.W, Os, TX, CB, TX, c0, p.C,
+             HW, x0, p.W, tid, nthreads);
 }
 
 
@@ -706,12 +717,8 @@ __global__ void DENSESSL_LAUNCH_BOUNDS(kMmaBackwardMaxWarpsX * kMmaBackwardMaxWa
   for (int t = 0; t < kMmaBackwardWC; ++t)
     wmma::store_matrix_sync(Os + (cw + t * kMma) * ldO + xw, acc[t], ldO, wmma::mem_row_major);
   __syncthreads();
-  scalar_t* dst = target_grad + int64_t(b) * p.C * HW + int64_t(yt) * p.W;
-  for_each_2d(CB, TX, tid, nthreads, [&](int c, int xl) {
-    const int x = x0 + xl;
-    if (c0 + c < p.C && x < p.W)
-      dst[int64_t(c0 + c) * HW + x] = static_cast<scalar_t>(Os[c * ldO + xl]);
-  });
+  store_rows(target_grad + int64_t(b) * p.C * HW + int64_t(yt) * p.W, Os, ldO, CB, TX, c0, p.C,
+             HW, x0, p.W, tid, nthreads);
 #endif
 }
 
